@@ -1,0 +1,40 @@
+# kuryr developer commands. See README.md.
+VENV ?= .venv
+PYTHON ?= python3
+KURYR := $(VENV)/bin/kuryr
+
+.PHONY: setup demo demo-down test lint unit clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'is ignored' || true
+	$(VENV)/bin/python -c 'import kuryr, pytest, mypy' 
+	touch $@
+
+## setup: a virtualenv in .venv with kuryr (editable) and the test tools
+setup: $(VENV)/.installed
+
+## demo: the main job: local Neutron cloud up, two sandboxes on a Neutron network pinging
+demo: setup
+	$(KURYR) cloud up
+	$(KURYR) demo up
+
+demo-down: setup
+	$(KURYR) demo down
+
+## lint: ruff, mypy (strict on src/) and the import-linter layer contract
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+## test: lint, then every test (unit, linux, cloud; brings the local cloud up if needed)
+test: lint
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+## unit: the tests that need neither root nor a cloud
+unit: setup
+	$(VENV)/bin/pytest -ra tests/unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m kuryr``: the same as the ``kuryr`` command."""
+
+from kuryr.cli import main
+
+main.main()

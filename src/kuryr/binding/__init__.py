@@ -1,0 +1,41 @@
+"""Binders: one per VIF binding type, each plugging a VIF into a network namespace and
+unplugging it. Registered in a plain dict by binding type; the caller wires the binder it needs
+at start-up (``binders(settings)``).
+
+Every binder is idempotent and rolls back what it did when a step fails.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from kuryr import errors, model, settings
+
+
+class Binder(Protocol):
+    """Plugs a VIF into a network namespace under ``ifname`` and unplugs it."""
+
+    async def plug(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
+        """Raises NamespaceNotFoundError, BindingError."""
+
+    async def unplug(self, vif: model.VIF, *, netns: str | None = None,
+                     ifname: str | None = None) -> None:
+        """Idempotent: whatever is already gone is success. Raises BindingError."""
+
+    def close(self) -> None:
+        """Release connections (OVSDB)."""
+
+
+def binders(config: settings.BindingSettings) -> dict[str, Binder]:
+    """The binders of this host, by binding type."""
+    from kuryr.binding import ovs
+
+    return {"ovs": ovs.OvsBinder(config)}
+
+
+def binder_for(registry: dict[str, Binder], vif: model.VIF) -> Binder:
+    try:
+        return registry[vif.binding_type]
+    except KeyError:
+        raise errors.PermanentError(
+            f"no binder for VIF type {vif.binding_type!r}; known: {', '.join(registry)}") from None

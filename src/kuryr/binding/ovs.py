@@ -1,0 +1,101 @@
+"""The OVS binder: a veth pair whose container end carries the Neutron port's MAC, addresses
+and routes inside the container's namespace, and whose host end is a port of the integration
+bridge (``br-int``) with ``external_ids:iface-id=<port id>``, so that OVN claims it.
+
+Order matters (measured): the Neutron port must already have ``binding:host_id`` set; the
+container end gets TX checksum offload off before it moves (userspace datapath).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from kuryr import errors, model, settings
+from kuryr.linux import interfaces, namespaces, ovs
+
+LOG = logging.getLogger(__name__)
+
+
+def host_ifname(port_id: str) -> str:
+    """The host end's name, as Neutron names taps: ``tap`` + the first 11 chars of the port."""
+    return ("tap" + port_id)[: interfaces.IFNAMSIZ - 1]
+
+
+def _temp_ifname(port_id: str) -> str:
+    return ("kt" + port_id)[: interfaces.IFNAMSIZ - 1]
+
+
+class OvsBinder:
+    """Plugs VIFs of binding type ``ovs`` into the integration bridge."""
+
+    def __init__(self, config: settings.BindingSettings) -> None:
+        self.config = config
+        self.ovsdb = ovs.Ovsdb(config.ovsdb_connection, timeout=config.ovsdb_timeout)
+
+    def close(self) -> None:
+        self.ovsdb.close()
+
+    async def plug(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
+        """Plug ``vif`` into ``netns`` as ``ifname``. Idempotent; on failure nothing is left.
+
+        Raises NamespaceNotFoundError, BindingError, PermanentError (bad ifname).
+        """
+        await asyncio.to_thread(self.plug_sync, vif, netns=netns, ifname=ifname)
+
+    async def unplug(self, vif: model.VIF, *, netns: str | None = None,
+                     ifname: str | None = None) -> None:
+        await asyncio.to_thread(self.unplug_sync, vif.port_id, netns=netns, ifname=ifname)
+
+    def plug_sync(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
+        interfaces.check_ifname(ifname)
+        path = namespaces.resolve(netns)
+        host = host_ifname(vif.port_id)
+        with contextlib.ExitStack() as undo:
+            if interfaces.link_exists(host) and not interfaces.link_exists(ifname, netns=path):
+                # A leftover from an interrupted plug: start again from nothing.
+                interfaces.delete_link(host)
+            if not interfaces.link_exists(host):
+                temp = _temp_ifname(vif.port_id)
+                interfaces.delete_link(temp)  # a leftover of an interrupted plug
+                undo.callback(self._undo_link, host)
+                interfaces.create_veth(host, temp, mac=vif.mac, mtu=vif.mtu)
+                interfaces.move_to_netns(temp, path, new_ifname=ifname)
+            interfaces.configure(
+                ifname, netns=path, mtu=vif.mtu,
+                addresses=[f.address for f in vif.fixed_ips],
+                gateways=vif.gateways(), routes=vif.routes())
+            interfaces.set_up(host, mtu=vif.mtu)
+            undo.callback(self._undo_ovs_port, host)
+            self.ovsdb.add_port(self.config.ovs_bridge, host, external_ids={
+                "iface-id": vif.port_id,
+                "attached-mac": vif.mac,
+                "iface-status": "active",
+            })
+            undo.pop_all()
+        LOG.info("plugged port %s into %s as %s (host end %s)", vif.port_id, netns, ifname, host)
+
+    def unplug_sync(self, port_id: str, *, netns: str | None = None,
+                    ifname: str | None = None) -> None:
+        """Remove the OVS port and the veth pair; everything already gone is success.
+        ``netns`` and ``ifname`` are accepted for binders that need them; this one does not."""
+        del netns, ifname
+        host = host_ifname(port_id)
+        self.ovsdb.delete_port(host)
+        # Deleting the host end deletes its peer, the container end, wherever it is.
+        interfaces.delete_link(host)
+        interfaces.delete_link(_temp_ifname(port_id))
+        LOG.info("unplugged port %s (host end %s)", port_id, host)
+
+    def _undo_link(self, host: str) -> None:
+        try:
+            interfaces.delete_link(host)
+        except errors.KuryrError as e:
+            LOG.error("rollback: cannot delete %s: %s", host, e)
+
+    def _undo_ovs_port(self, host: str) -> None:
+        try:
+            self.ovsdb.delete_port(host)
+        except errors.KuryrError as e:
+            LOG.error("rollback: cannot delete OVS port %s: %s", host, e)

@@ -1,0 +1,1 @@
+"""The ``kuryr`` command: operators' tool and the entry point of every component."""

@@ -1,0 +1,395 @@
+"""The async facade over openstacksdk: the only code that calls Neutron.
+
+Owns the connection (a clouds.yaml cloud or explicit auth options), one bounded thread pool in
+which every blocking SDK call runs, the translation of SDK resources into ``resources``
+dataclasses, failure mapping (``failures.translate``) and the tags put on what it creates.
+It does not decide what to create: callers (``kuryr.ports``, entry points) do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import openstack.config
+import openstack.connection
+from openstack import exceptions as sdk_exceptions
+
+from kuryr import errors, model, settings
+from kuryr.neutron import failures, resources, tagging
+
+LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+def connect(config: settings.NeutronSettings) -> openstack.connection.Connection:
+    """An SDK connection from ``[neutron]``. Raises ConfigError (message without secrets)."""
+    if not config.is_configured():
+        raise errors.ConfigError(
+            "Neutron is not configured: set [neutron] cloud = <clouds.yaml entry> or auth_url "
+            "(or run 'kuryr cloud up' for a local Neutron and use its kuryr.conf)")
+    try:
+        if config.cloud:
+            loader = openstack.config.OpenStackConfig(
+                config_files=[config.clouds_yaml] if config.clouds_yaml else None)
+            region = loader.get_one(cloud=config.cloud, region_name=config.region_name,
+                                    api_timeout=config.timeout)
+            return openstack.connection.Connection(config=region)
+        options: dict[str, Any] = {
+            "auth_type": config.auth_type or ("password" if config.username else "none"),
+            "auth_url": config.auth_url,
+            "username": config.username,
+            "password": config.password,
+            "project_name": config.project_name,
+            "project_id": config.project_id,
+            "user_domain_name": config.user_domain_name,
+            "project_domain_name": config.project_domain_name,
+            "region_name": config.region_name,
+            "network_endpoint_override": config.endpoint_override,
+            "api_timeout": config.timeout,
+        }
+        return openstack.connection.Connection(
+            **{k: v for k, v in options.items() if v is not None})
+    except sdk_exceptions.SDKException as e:
+        # The SDK's config errors name the cloud or option, never the password.
+        raise errors.ConfigError(f"cannot set up the Neutron client: {e}") from e
+
+
+class Neutron:
+    """Neutron for kuryr: every method is async, runs one SDK call in the pool, maps failures
+    (TemporaryError, PermanentError, NotFoundError, QuotaExceededError) and tags what it makes.
+    """
+
+    def __init__(self, conn: openstack.connection.Connection, *, cluster_id: str,
+                 max_workers: int = 8) -> None:
+        self._conn = conn
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="neutron")
+        self.cluster_id = cluster_id
+        self.base_tags = (tagging.KURYR, tagging.cluster(cluster_id))
+
+    @classmethod
+    def from_settings(cls, config: settings.KuryrSettings) -> Neutron:
+        return cls(connect(config.neutron), cluster_id=config.cluster_id,
+                   max_workers=config.neutron.max_workers)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._conn.close()
+
+    async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        except Exception as e:
+            raise failures.translate(e, what) from e
+
+    def _tags(self, extra: Iterable[str]) -> list[str]:
+        return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]
+
+    # -- networks -------------------------------------------------------------------------------
+    async def create_network(self, name: str, *, tags: Iterable[str] = (), mtu: int | None = None,
+                             project_id: str | None = None) -> resources.Network:
+        attrs: dict[str, Any] = {"name": name, "tags": self._tags(tags)}
+        if mtu:
+            attrs["mtu"] = mtu
+        if project_id:
+            attrs["project_id"] = project_id
+        r = await self._call(f"create network {name}", self._conn.network.create_network, **attrs)
+        return resources.network(r)
+
+    async def get_network(self, name_or_id: str) -> resources.Network:
+        """Raises NotFoundError (also when a name matches several networks: PermanentError)."""
+        r = await self._call(f"find network {name_or_id}", self._conn.network.find_network,
+                             name_or_id, ignore_missing=False)
+        return resources.network(r)
+
+    async def list_networks(self, *, tags: Sequence[str] = ()) -> list[resources.Network]:
+        return await self._list("list networks", self._conn.network.networks, resources.network,
+                                tags=tags)
+
+    async def delete_network(self, network_id: str) -> None:
+        await self._call(f"delete network {network_id}", self._conn.network.delete_network,
+                         network_id, ignore_missing=True)
+
+    # -- subnets and subnet pools ---------------------------------------------------------------
+    async def create_subnet(self, network_id: str, *, cidr: str | None = None,
+                            ip_version: int = 4, name: str = "", tags: Iterable[str] = (),
+                            subnet_pool_id: str | None = None, prefix_length: int | None = None,
+                            gateway_ip: str | None = None, enable_dhcp: bool = False,
+                            ipv6_address_mode: str | None = None,
+                            host_routes: Sequence[Mapping[str, str]] = (),
+                            dns_nameservers: Sequence[str] = ()) -> resources.Subnet:
+        attrs: dict[str, Any] = {"network_id": network_id, "ip_version": ip_version,
+                                 "name": name, "is_dhcp_enabled": enable_dhcp,
+                                 "tags": self._tags(tags)}
+        optional = {"cidr": cidr, "subnet_pool_id": subnet_pool_id,
+                    "prefix_length": prefix_length, "gateway_ip": gateway_ip,
+                    "ipv6_address_mode": ipv6_address_mode}
+        attrs.update({k: v for k, v in optional.items() if v is not None})
+        if ip_version == 6 and ipv6_address_mode is None:
+            attrs["ipv6_address_mode"] = attrs["ipv6_ra_mode"] = "dhcpv6-stateful"
+        if host_routes:
+            attrs["host_routes"] = [dict(h) for h in host_routes]
+        if dns_nameservers:
+            attrs["dns_nameservers"] = list(dns_nameservers)
+        r = await self._call(f"create subnet {cidr or subnet_pool_id} on network {network_id}",
+                             self._conn.network.create_subnet, **attrs)
+        return resources.subnet(r)
+
+    async def get_subnet(self, name_or_id: str) -> resources.Subnet:
+        r = await self._call(f"find subnet {name_or_id}", self._conn.network.find_subnet,
+                             name_or_id, ignore_missing=False)
+        return resources.subnet(r)
+
+    async def list_subnets(self, *, network_id: str | None = None,
+                           tags: Sequence[str] = ()) -> list[resources.Subnet]:
+        query = {"network_id": network_id} if network_id else {}
+        return await self._list("list subnets", self._conn.network.subnets, resources.subnet,
+                                tags=tags, **query)
+
+    async def delete_subnet(self, subnet_id: str) -> None:
+        await self._call(f"delete subnet {subnet_id}", self._conn.network.delete_subnet,
+                         subnet_id, ignore_missing=True)
+
+    async def create_subnet_pool(self, name: str, *, prefixes: Sequence[str],
+                                 default_prefix_length: int,
+                                 tags: Iterable[str] = ()) -> resources.SubnetPool:
+        r = await self._call(f"create subnet pool {name}",
+                             self._conn.network.create_subnet_pool, name=name,
+                             prefixes=list(prefixes), default_prefix_length=default_prefix_length,
+                             tags=self._tags(tags))
+        return resources.subnet_pool(r)
+
+    async def get_subnet_pool(self, name_or_id: str) -> resources.SubnetPool:
+        r = await self._call(f"find subnet pool {name_or_id}",
+                             self._conn.network.find_subnet_pool, name_or_id,
+                             ignore_missing=False)
+        return resources.subnet_pool(r)
+
+    async def delete_subnet_pool(self, pool_id: str) -> None:
+        await self._call(f"delete subnet pool {pool_id}", self._conn.network.delete_subnet_pool,
+                         pool_id, ignore_missing=True)
+
+    # -- routers --------------------------------------------------------------------------------
+    async def create_router(self, name: str, *, tags: Iterable[str] = ()) -> resources.Router:
+        r = await self._call(f"create router {name}", self._conn.network.create_router,
+                             name=name, tags=self._tags(tags))
+        return resources.router(r)
+
+    async def delete_router(self, router_id: str) -> None:
+        await self._call(f"delete router {router_id}", self._conn.network.delete_router,
+                         router_id, ignore_missing=True)
+
+    async def add_router_interface(self, router_id: str, subnet_id: str) -> None:
+        await self._call(f"add subnet {subnet_id} to router {router_id}",
+                         self._conn.network.add_interface_to_router, router_id,
+                         subnet_id=subnet_id)
+
+    async def remove_router_interface(self, router_id: str, subnet_id: str) -> None:
+        """Idempotent: a subnet that is not on the router is success."""
+        with contextlib.suppress(errors.NotFoundError):
+            await self._call(f"remove subnet {subnet_id} from router {router_id}",
+                             self._conn.network.remove_interface_from_router, router_id,
+                             subnet_id=subnet_id)
+
+    # -- ports ----------------------------------------------------------------------------------
+    def _port_attrs(self, network_id: str, *, tags: Iterable[str], name: str,
+                    host_id: str | None, device_owner: str | None, device_id: str | None,
+                    security_group_ids: Sequence[str] | None,
+                    fixed_ips: Sequence[Mapping[str, str]] | None,
+                    mac: str | None, project_id: str | None) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"network_id": network_id, "name": name,
+                                 "tags": self._tags(tags)}
+        optional = {"binding_host_id": host_id, "device_owner": device_owner,
+                    "device_id": device_id, "mac_address": mac, "project_id": project_id}
+        attrs.update({k: v for k, v in optional.items() if v})
+        if security_group_ids is not None:
+            attrs["security_group_ids"] = list(security_group_ids)
+        if fixed_ips:
+            attrs["fixed_ips"] = [dict(f) for f in fixed_ips]
+        return attrs
+
+    async def create_port(self, network_id: str, *, tags: Iterable[str] = (), name: str = "",
+                          host_id: str | None = None, device_owner: str | None = None,
+                          device_id: str | None = None,
+                          security_group_ids: Sequence[str] | None = None,
+                          fixed_ips: Sequence[Mapping[str, str]] | None = None,
+                          mac: str | None = None,
+                          project_id: str | None = None) -> resources.Port:
+        attrs = self._port_attrs(network_id, tags=tags, name=name, host_id=host_id,
+                                 device_owner=device_owner, device_id=device_id,
+                                 security_group_ids=security_group_ids, fixed_ips=fixed_ips,
+                                 mac=mac, project_id=project_id)
+        r = await self._call(f"create port on network {network_id}",
+                             self._conn.network.create_port, **attrs)
+        return resources.port(r)
+
+    async def create_ports(self, network_id: str, count: int, *, tags: Iterable[str] = (),
+                           host_id: str | None = None, device_owner: str | None = None,
+                           security_group_ids: Sequence[str] | None = None,
+                           project_id: str | None = None) -> list[resources.Port]:
+        """Create ``count`` ports in one bulk request (all or none)."""
+        if count <= 0:
+            return []
+        body = [self._port_attrs(network_id, tags=tags, name="", host_id=host_id,
+                                 device_owner=device_owner, device_id=None,
+                                 security_group_ids=security_group_ids, fixed_ips=None,
+                                 mac=None, project_id=project_id) for _ in range(count)]
+        created = await self._call(f"create {count} ports on network {network_id}",
+                                   lambda: list(self._conn.network.create_ports(body)))
+        return [resources.port(r) for r in created]
+
+    async def update_port(self, port_id: str, *, tags: Iterable[str] | None = None,
+                          **changes: Any) -> resources.Port:
+        """Change a port; ``changes`` use the SDK's names (``binding_host_id``,
+        ``device_owner``, ``security_group_ids``, ``name``, ...). ``tags`` replace the owner
+        tags (kuryr's base tags are always kept)."""
+        if tags is not None:
+            changes["tags"] = self._tags(tags)
+        r = await self._call(f"update port {port_id}", self._conn.network.update_port,
+                             port_id, **changes)
+        return resources.port(r)
+
+    async def get_port(self, port_id: str) -> resources.Port:
+        r = await self._call(f"get port {port_id}", self._conn.network.get_port, port_id)
+        return resources.port(r)
+
+    async def list_ports(self, *, tags: Sequence[str] = (), **query: Any) -> list[resources.Port]:
+        """Ports matching every tag in ``tags`` and the SDK query (``network_id``,
+        ``device_owner``, ``binding_host_id``, ...)."""
+        return await self._list("list ports", self._conn.network.ports, resources.port,
+                                tags=tags, **query)
+
+    async def delete_port(self, port_id: str) -> None:
+        """Idempotent: a port that does not exist is success."""
+        await self._call(f"delete port {port_id}", self._conn.network.delete_port, port_id,
+                         ignore_missing=True)
+
+    async def wait_port_status(self, port_id: str, status: str = "ACTIVE", *,
+                               timeout: float = 30.0) -> resources.Port:
+        """Poll the port (short intervals first) until it has ``status``.
+
+        Raises TemporaryError naming the last status when ``timeout`` passes, NotFoundError
+        when the port disappears."""
+        deadline = time.monotonic() + timeout
+        interval = 0.05
+        while True:
+            p = await self.get_port(port_id)
+            if p.status == status:
+                return p
+            if time.monotonic() >= deadline:
+                raise errors.TemporaryError(
+                    f"port {port_id} is {p.status}, not {status}, after {timeout:g} s; is the "
+                    f"host {p.host_id or '(none)'} an OVN chassis with ovn-controller running?",
+                    delay=1.0)
+            await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(interval * 1.5, 0.5)
+
+    # -- security groups ------------------------------------------------------------------------
+    async def create_security_group(self, name: str, *, description: str = "",
+                                    tags: Iterable[str] = (),
+                                    project_id: str | None = None) -> resources.SecurityGroup:
+        attrs: dict[str, Any] = {"name": name, "description": description,
+                                 "tags": self._tags(tags)}
+        if project_id:
+            attrs["project_id"] = project_id
+        r = await self._call(f"create security group {name}",
+                             self._conn.network.create_security_group, **attrs)
+        return resources.security_group(r)
+
+    async def get_security_group(self, name_or_id: str) -> resources.SecurityGroup:
+        r = await self._call(f"find security group {name_or_id}",
+                             self._conn.network.find_security_group, name_or_id,
+                             ignore_missing=False)
+        return resources.security_group(r)
+
+    async def delete_security_group(self, group_id: str) -> None:
+        await self._call(f"delete security group {group_id}",
+                         self._conn.network.delete_security_group, group_id, ignore_missing=True)
+
+    async def create_security_group_rule(
+            self, group_id: str, *, direction: str = "ingress", ethertype: str = "IPv4",
+            protocol: str | None = None, port_range_min: int | None = None,
+            port_range_max: int | None = None, remote_ip_prefix: str | None = None,
+            remote_group_id: str | None = None) -> resources.SecurityGroupRule:
+        attrs: dict[str, Any] = {"security_group_id": group_id, "direction": direction,
+                                 "ether_type": ethertype}
+        optional = {"protocol": protocol, "port_range_min": port_range_min,
+                    "port_range_max": port_range_max, "remote_ip_prefix": remote_ip_prefix,
+                    "remote_group_id": remote_group_id}
+        attrs.update({k: v for k, v in optional.items() if v is not None})
+        r = await self._call(f"create rule in security group {group_id}",
+                             self._conn.network.create_security_group_rule, **attrs)
+        return resources.security_group_rule(r)
+
+    async def delete_security_group_rule(self, rule_id: str) -> None:
+        await self._call(f"delete security group rule {rule_id}",
+                         self._conn.network.delete_security_group_rule, rule_id,
+                         ignore_missing=True)
+
+    # -- trunks ---------------------------------------------------------------------------------
+    async def create_trunk(self, port_id: str, *, name: str = "",
+                           tags: Iterable[str] = ()) -> resources.Trunk:
+        r = await self._call(f"create trunk on port {port_id}", self._conn.network.create_trunk,
+                             port_id=port_id, name=name, tags=self._tags(tags))
+        return resources.trunk(r)
+
+    async def add_subports(self, trunk_id: str,
+                           subports: Sequence[Mapping[str, Any]]) -> resources.Trunk:
+        """``subports``: ``{"port_id", "segmentation_type": "vlan", "segmentation_id"}``."""
+        r = await self._call(f"add subports to trunk {trunk_id}",
+                             self._conn.network.add_trunk_subports, trunk_id,
+                             [dict(s) for s in subports])
+        return resources.trunk(r)
+
+    async def remove_subports(self, trunk_id: str, port_ids: Sequence[str]) -> resources.Trunk:
+        r = await self._call(f"remove subports from trunk {trunk_id}",
+                             self._conn.network.delete_trunk_subports, trunk_id,
+                             [{"port_id": p} for p in port_ids])
+        return resources.trunk(r)
+
+    async def get_trunk(self, trunk_id: str) -> resources.Trunk:
+        r = await self._call(f"get trunk {trunk_id}", self._conn.network.get_trunk, trunk_id)
+        return resources.trunk(r)
+
+    async def delete_trunk(self, trunk_id: str) -> None:
+        await self._call(f"delete trunk {trunk_id}", self._conn.network.delete_trunk, trunk_id,
+                         ignore_missing=True)
+
+    # -- tags -----------------------------------------------------------------------------------
+    async def add_tags(self, kind: str, resource_id: str, tags: Iterable[str]) -> None:
+        """Add ``tags`` to a ``network``, ``subnet``, ``port``, ``router``, ``subnet_pool``,
+        ``security_group`` or ``trunk``."""
+        proxy = self._conn.network
+        getter = getattr(proxy, f"get_{kind}", None)
+        if getter is None:
+            raise errors.PermanentError(f"cannot tag a {kind}")
+
+        def add() -> None:
+            proxy.add_tags(getter(resource_id), list(tags))
+
+        await self._call(f"tag {kind} {resource_id}", add)
+
+    # -- helpers --------------------------------------------------------------------------------
+    async def _list(self, what: str, fn: Callable[..., Iterable[Any]],
+                    convert: Callable[[Any], _T], *, tags: Sequence[str],
+                    **query: Any) -> list[_T]:
+        if tags:
+            query["tags"] = list(tags)
+        found = await self._call(what, lambda: list(fn(**query)))
+        return [convert(r) for r in found]
+
+    async def vif_for_port(self, port: resources.Port) -> model.VIF:
+        """The VIF of ``port`` (fetches its network and subnets concurrently)."""
+        subnet_ids = sorted({f.subnet_id for f in port.fixed_ips})
+        net, subnets = await asyncio.gather(
+            self.get_network(port.network_id),
+            asyncio.gather(*(self.get_subnet(s) for s in subnet_ids)))
+        return resources.vif(port, net, subnets)

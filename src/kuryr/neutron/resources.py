@@ -1,0 +1,190 @@
+"""Neutron resources as kuryr sees them: frozen dataclasses translated from openstacksdk's
+resources at this edge, and the VIF (``kuryr.model``) built from a port, its network and subnets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kuryr import model
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    id: str
+    name: str
+    mtu: int
+    project_id: str
+    tags: tuple[str, ...] = ()
+    subnet_ids: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Subnet:
+    id: str
+    name: str
+    network_id: str
+    cidr: str
+    ip_version: int
+    gateway_ip: str | None
+    host_routes: tuple[tuple[str, str], ...] = ()
+    dns_nameservers: tuple[str, ...] = ()
+    subnet_pool_id: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SubnetPool:
+    id: str
+    name: str
+    prefixes: tuple[str, ...]
+    default_prefix_length: int | None
+    ip_version: int
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Router:
+    id: str
+    name: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedIP:
+    subnet_id: str
+    ip_address: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Port:
+    id: str
+    name: str
+    network_id: str
+    mac: str
+    status: str
+    fixed_ips: tuple[FixedIP, ...]
+    device_owner: str = ""
+    device_id: str = ""
+    host_id: str = ""
+    security_group_ids: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    project_id: str = ""
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == "ACTIVE"
+
+
+@dataclasses.dataclass(frozen=True)
+class SecurityGroup:
+    id: str
+    name: str
+    rule_ids: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SecurityGroupRule:
+    id: str
+    security_group_id: str
+    direction: str
+    ethertype: str
+    protocol: str | None
+    port_range_min: int | None
+    port_range_max: int | None
+    remote_ip_prefix: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Trunk:
+    id: str
+    name: str
+    port_id: str
+    status: str
+    sub_ports: tuple[Mapping[str, Any], ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+def _tags(r: Any) -> tuple[str, ...]:
+    return tuple(r.tags or ())
+
+
+def network(r: Any) -> Network:
+    return Network(id=r.id, name=r.name or "", mtu=int(r.mtu or 1500),
+                   project_id=r.project_id or "", tags=_tags(r),
+                   subnet_ids=tuple(r.subnet_ids or ()))
+
+
+def subnet(r: Any) -> Subnet:
+    return Subnet(
+        id=r.id, name=r.name or "", network_id=r.network_id, cidr=r.cidr,
+        ip_version=int(r.ip_version), gateway_ip=r.gateway_ip,
+        host_routes=tuple((h["destination"], h["nexthop"]) for h in r.host_routes or ()),
+        dns_nameservers=tuple(r.dns_nameservers or ()), subnet_pool_id=r.subnet_pool_id,
+        tags=_tags(r))
+
+
+def subnet_pool(r: Any) -> SubnetPool:
+    return SubnetPool(id=r.id, name=r.name or "", prefixes=tuple(r.prefixes or ()),
+                      default_prefix_length=r.default_prefix_length,
+                      ip_version=int(r.ip_version or 4), tags=_tags(r))
+
+
+def router(r: Any) -> Router:
+    return Router(id=r.id, name=r.name or "", tags=_tags(r))
+
+
+def port(r: Any) -> Port:
+    return Port(
+        id=r.id, name=r.name or "", network_id=r.network_id, mac=r.mac_address,
+        status=r.status or "", device_owner=r.device_owner or "", device_id=r.device_id or "",
+        host_id=r.binding_host_id or "", project_id=r.project_id or "",
+        fixed_ips=tuple(FixedIP(subnet_id=f["subnet_id"], ip_address=f["ip_address"])
+                        for f in r.fixed_ips or ()),
+        security_group_ids=tuple(r.security_group_ids or ()), tags=_tags(r))
+
+
+def security_group(r: Any) -> SecurityGroup:
+    return SecurityGroup(id=r.id, name=r.name or "",
+                         rule_ids=tuple(rule["id"] for rule in r.security_group_rules or ()),
+                         tags=_tags(r))
+
+
+def security_group_rule(r: Any) -> SecurityGroupRule:
+    return SecurityGroupRule(
+        id=r.id, security_group_id=r.security_group_id, direction=r.direction,
+        ethertype=r.ether_type, protocol=r.protocol, port_range_min=r.port_range_min,
+        port_range_max=r.port_range_max, remote_ip_prefix=r.remote_ip_prefix)
+
+
+def trunk(r: Any) -> Trunk:
+    return Trunk(id=r.id, name=r.name or "", port_id=r.port_id, status=r.status or "",
+                 sub_ports=tuple(r.sub_ports or ()), tags=_tags(r))
+
+
+def vif(p: Port, net: Network, subnets: Iterable[Subnet]) -> model.VIF:
+    """The VIF for a port: addresses with their subnets' prefix lengths, gateways, routes."""
+    by_id = {s.id: s for s in subnets}
+    fixed_ips = []
+    for f in p.fixed_ips:
+        s = by_id[f.subnet_id]
+        prefix = ipaddress.ip_network(s.cidr).prefixlen
+        fixed_ips.append(model.FixedIP(address=ipaddress.ip_interface(f"{f.ip_address}/{prefix}"),
+                                       subnet_id=s.id))
+    return model.VIF(
+        port_id=p.id, mac=p.mac, network_id=p.network_id, mtu=net.mtu,
+        fixed_ips=tuple(fixed_ips), is_active=p.is_active,
+        subnets=tuple(
+            model.Subnet(
+                subnet_id=s.id, cidr=ipaddress.ip_network(s.cidr),
+                gateway=ipaddress.ip_address(s.gateway_ip) if s.gateway_ip else None,
+                routes=tuple(model.Route(destination=ipaddress.ip_network(d),
+                                         gateway=ipaddress.ip_address(g))
+                             for d, g in s.host_routes),
+                dns_nameservers=s.dns_nameservers)
+            for s in by_id.values() if any(f.subnet_id == s.id for f in p.fixed_ips)),
+    )

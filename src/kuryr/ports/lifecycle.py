@@ -1,0 +1,118 @@
+"""Attach a container to a Neutron network and detach it again.
+
+``attach`` creates the port with ``binding:host_id`` set (before plugging: a port plugged
+first stays DOWN for good), plugs it with the binder of its VIF type, and waits for ACTIVE
+with a bound. Each step registers its undo first, so a failure or a cancellation anywhere
+leaves no port, veth or OVS port behind. ``detach`` is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+
+from kuryr import binding, errors, model
+from kuryr.neutron import client, resources
+
+LOG = logging.getLogger(__name__)
+
+DEVICE_OWNER = "compute:kuryr"
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    """A plugged port: the Neutron port, its VIF and where it lives."""
+
+    port: resources.Port
+    vif: model.VIF
+    netns: str
+    ifname: str
+
+
+async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
+                 network_id: str, netns: str, ifname: str, host: str,
+                 tags: Iterable[str] = (), security_group_ids: Sequence[str] | None = None,
+                 fixed_ips: Sequence[Mapping[str, str]] | None = None,
+                 project_id: str | None = None, name: str = "",
+                 active_timeout: float = 30.0) -> Attachment:
+    """Create, plug and activate a port for a container.
+
+    Raises NotFoundError, QuotaExceededError, PermanentError, TemporaryError (Neutron or the
+    ACTIVE bound), NamespaceNotFoundError, BindingError. Nothing is left behind on failure.
+    """
+    async with contextlib.AsyncExitStack() as undo:
+        port = await neutron.create_port(
+            network_id, tags=tags, name=name, host_id=host, device_owner=DEVICE_OWNER,
+            security_group_ids=security_group_ids, fixed_ips=fixed_ips, project_id=project_id)
+        undo.push_async_callback(_rollback, "delete port", neutron.delete_port, port.id)
+        attachment = await _plug_and_activate(neutron, binders, port, netns=netns,
+                                              ifname=ifname, active_timeout=active_timeout)
+        undo.pop_all()
+    return attachment
+
+
+async def plug_existing(neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
+                        port_id: str, netns: str, ifname: str, host: str,
+                        active_timeout: float = 30.0) -> Attachment:
+    """Plug a port that already exists (made by a controller or a Docker ``CreateEndpoint``):
+    bind it to ``host`` if it is not, plug it and wait for ACTIVE. On failure the port is
+    unplugged again but not deleted.
+
+    Raises NotFoundError (no such port), TemporaryError, NamespaceNotFoundError, BindingError.
+    """
+    port = await neutron.get_port(port_id)
+    if port.host_id != host:
+        port = await neutron.update_port(port_id, binding_host_id=host)
+    return await _plug_and_activate(neutron, binders, port, netns=netns, ifname=ifname,
+                                    active_timeout=active_timeout)
+
+
+async def _plug_and_activate(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
+                             port: resources.Port, *, netns: str, ifname: str,
+                             active_timeout: float) -> Attachment:
+    vif = await neutron.vif_for_port(port)
+    binder = binding.binder_for(dict(binders), vif)
+    async with contextlib.AsyncExitStack() as undo:
+        await plug(binder, vif, netns=netns, ifname=ifname, undo=undo)
+        port = await neutron.wait_port_status(port.id, "ACTIVE", timeout=active_timeout)
+        undo.pop_all()
+    return Attachment(port=port, vif=dataclasses.replace(vif, is_active=True), netns=netns,
+                      ifname=ifname)
+
+
+async def plug(binder: binding.Binder, vif: model.VIF, *, netns: str, ifname: str,
+               undo: contextlib.AsyncExitStack) -> None:
+    """Plug ``vif``, registering its unplug on ``undo`` first."""
+    undo.push_async_callback(_rollback_unplug, binder, vif)
+    await binder.plug(vif, netns=netns, ifname=ifname)
+
+
+async def detach(neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
+                 port_id: str, binding_type: str = "ovs", netns: str | None = None,
+                 ifname: str | None = None, delete_port: bool = True) -> None:
+    """Unplug the port and delete it (unless ``delete_port`` is false). Idempotent: a port,
+    link or namespace that is already gone is success. Raises BindingError, TemporaryError."""
+    binder = binders.get(binding_type)
+    if binder is None:
+        raise errors.PermanentError(f"no binder for VIF type {binding_type!r}")
+    stub = model.VIF(port_id=port_id, mac="", network_id="", mtu=0, fixed_ips=(), subnets=(),
+                     binding_type=binding_type)
+    await binder.unplug(stub, netns=netns, ifname=ifname)
+    if delete_port:
+        await neutron.delete_port(port_id)
+
+
+async def _rollback(what: str, step: Callable[[str], Awaitable[None]], arg: str) -> None:
+    try:
+        await step(arg)
+    except errors.KuryrError as e:
+        LOG.error("rollback: %s failed: %s", what, e)
+
+
+async def _rollback_unplug(binder: binding.Binder, vif: model.VIF) -> None:
+    try:
+        await binder.unplug(vif)
+    except errors.KuryrError as e:
+        LOG.error("rollback: unplug of port %s failed: %s", vif.port_id, e)

@@ -1,0 +1,191 @@
+"""Configuration: an INI file (upstream ``kuryr.conf`` names where they exist) loaded into
+frozen dataclasses, with environment overrides.
+
+Owns finding, reading and validating the configuration. It does not create clients or touch
+the network. Lookup order for the file: an explicit path, ``$KURYR_CONFIG``,
+``/etc/kuryr/kuryr.conf``, then the local cloud's generated file
+(``<state dir>/kuryr.conf``). Any option can be overridden from the environment as
+``KURYR_<SECTION>_<OPTION>`` (upper case), e.g. ``KURYR_NEUTRON_CLOUD=mycloud``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import pathlib
+import socket
+import typing
+from collections.abc import Mapping
+
+from kuryr import errors
+
+SYSTEM_CONFIG = pathlib.Path("/etc/kuryr/kuryr.conf")
+DEFAULT_STATE_DIR = pathlib.Path("/var/lib/kuryr/cloud")
+LOCAL_CLOUD_NAME = "kuryr-local"
+
+
+@dataclasses.dataclass(frozen=True)
+class NeutronSettings:
+    """How to reach Neutron: a clouds.yaml cloud, or explicit auth options."""
+
+    cloud: str | None = None
+    clouds_yaml: str | None = None
+    auth_type: str | None = None
+    auth_url: str | None = None
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    project_name: str | None = None
+    project_id: str | None = None
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    region_name: str | None = None
+    endpoint_override: str | None = None
+    timeout: float = 30.0
+    max_workers: int = 8
+    port_active_timeout: float = 30.0
+
+    def is_configured(self) -> bool:
+        return bool(self.cloud or self.auth_url or self.endpoint_override)
+
+
+@dataclasses.dataclass(frozen=True)
+class BindingSettings:
+    """How ports are plugged on this host."""
+
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    ovs_bridge: str = "br-int"
+    ovsdb_connection: str = "unix:/run/openvswitch/db.sock"
+    ovsdb_timeout: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class KuryrSettings:
+    """Everything kuryr reads from its configuration."""
+
+    cluster_id: str = "kuryr"
+    neutron: NeutronSettings = dataclasses.field(default_factory=NeutronSettings)
+    binding: BindingSettings = dataclasses.field(default_factory=BindingSettings)
+    source: str | None = None
+
+
+# Section and option names as they appear in kuryr.conf, mapped to the dataclass holding them.
+_SECTIONS: dict[str, type[NeutronSettings] | type[BindingSettings]] = {
+    "neutron": NeutronSettings,
+    "binding": BindingSettings,
+}
+# Upstream kuryr.conf names that we accept as aliases of ours.
+_ALIASES = {("ovs", "bridge"): ("binding", "ovs_bridge")}
+# Sections read by the components that own them, not by these settings.
+_FOREIGN_SECTIONS = frozenset({"kubernetes", "cni_daemon", "pool_manager", "libnetwork"})
+_T = typing.TypeVar("_T")
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None,
+                     *, environ: Mapping[str, str] | None = None) -> pathlib.Path | None:
+    """Return the configuration file to read, or None when there is none.
+
+    Raises ConfigError when a file named explicitly or by ``$KURYR_CONFIG`` does not exist.
+    """
+    env = os.environ if environ is None else environ
+    for named in (explicit, env.get("KURYR_CONFIG")):
+        if named:
+            path = pathlib.Path(named)
+            if not path.is_file():
+                raise errors.ConfigError(f"configuration file {path} does not exist")
+            return path
+    state_dir = pathlib.Path(env.get("KURYR_CLOUD_STATE_DIR") or DEFAULT_STATE_DIR)
+    for candidate in (SYSTEM_CONFIG, state_dir / "kuryr.conf"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load(explicit: str | os.PathLike[str] | None = None,
+         *, environ: Mapping[str, str] | None = None) -> KuryrSettings:
+    """Read the configuration file (see module doc) and the environment overrides.
+
+    Raises ConfigError on a missing named file, an unknown option or a malformed value.
+    """
+    env = os.environ if environ is None else environ
+    path = find_config_file(explicit, environ=env)
+    parser = configparser.ConfigParser(interpolation=None)
+    if path is not None:
+        try:
+            with path.open(encoding="utf-8") as f:
+                parser.read_file(f)
+        except (OSError, configparser.Error) as e:
+            raise errors.ConfigError(f"cannot read configuration file {path}: {e}") from e
+    return from_parser(parser, environ=env, source=str(path) if path else None)
+
+
+def parse(text: str, *, environ: Mapping[str, str] | None = None) -> KuryrSettings:
+    """Build settings from INI text (and the environment, if given)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error as e:
+        raise errors.ConfigError(f"malformed configuration: {e}") from e
+    return from_parser(parser, environ=environ or {}, source=None)
+
+
+def from_parser(parser: configparser.ConfigParser, *, environ: Mapping[str, str],
+                source: str | None) -> KuryrSettings:
+    """Validate a parsed INI file plus environment overrides into KuryrSettings."""
+    values: dict[str, dict[str, str]] = {name: {} for name in _SECTIONS}
+    top: dict[str, str] = {}
+    for section in parser.sections():
+        for option, value in parser.items(section):
+            target = _ALIASES.get((section, option), (section, option))
+            if section in _FOREIGN_SECTIONS or option in parser.defaults():
+                continue
+            if target[0] not in values:
+                raise errors.ConfigError(f"unknown configuration section [{section}]")
+            values[target[0]][target[1]] = value
+    for option, value in parser.defaults().items():
+        top[option] = value
+    for key, value in environ.items():
+        if not key.startswith("KURYR_"):
+            continue
+        rest = key[len("KURYR_"):].lower()
+        for name in _SECTIONS:
+            if rest.startswith(name + "_"):
+                values[name][rest[len(name) + 1:]] = value
+        if rest == "cluster_id":
+            top["cluster_id"] = value
+    neutron = _build(NeutronSettings, "neutron", values["neutron"])
+    binding = _build(BindingSettings, "binding", values["binding"])
+    cluster_id = top.get("cluster_id", "kuryr")
+    if not cluster_id or any(c.isspace() or c == "," for c in cluster_id):
+        raise errors.ConfigError(f"cluster_id {cluster_id!r} must be a word without ',' or spaces")
+    return KuryrSettings(cluster_id=cluster_id, neutron=neutron, binding=binding, source=source)
+
+
+def _build(cls: type[_T], section: str, raw: dict[str, str]) -> _T:
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, object] = {}
+    for option, value in raw.items():
+        field = fields.get(option)
+        if field is None:
+            known = ", ".join(sorted(fields))
+            raise errors.ConfigError(f"unknown option {option!r} in [{section}]; known: {known}")
+        kwargs[option] = _convert(section, option, value, field.type)
+    return cls(**kwargs)
+
+
+def _convert(section: str, option: str, value: str, type_name: object) -> object:
+    kind = str(type_name)
+    try:
+        if kind.startswith("float"):
+            number = float(value)
+            if number <= 0:
+                raise ValueError("must be positive")
+            return number
+        if kind.startswith("int"):
+            integer = int(value)
+            if integer <= 0:
+                raise ValueError("must be positive")
+            return integer
+    except ValueError as e:
+        raise errors.ConfigError(f"[{section}] {option} = {value!r}: {e}") from e
+    return value.strip() or None if "None" in kind else value.strip()

@@ -1,0 +1,182 @@
+"""The Neutron facade against the real local Neutron: every resource kuryr needs, tagged as
+design.md says, with idempotent deletes and failures mapped to kuryr's errors."""
+
+from __future__ import annotations
+
+import uuid
+
+import openstack.connection
+import pytest
+
+from kuryr import errors, settings
+from kuryr.neutron import client, resources, tagging
+from tests.cloud.conftest import TEST_TAG
+from tests.conftest import RUN_ID
+
+
+def _base(neutron: client.Neutron) -> set[str]:
+    return {tagging.KURYR, tagging.cluster(neutron.cluster_id)}
+
+
+async def test_network_subnets_and_tags(neutron: client.Neutron,
+                                        network: resources.Network) -> None:
+    assert _base(neutron) | {TEST_TAG} <= set(network.tags)
+    assert network.mtu == 1442  # geneve overhead on a 1500 MTU
+    subnets = await neutron.list_subnets(network_id=network.id)
+    assert sorted(s.ip_version for s in subnets) == [4, 6]
+    assert all(_base(neutron) <= set(s.tags) for s in subnets)
+    by_tag = await neutron.list_networks(tags=[TEST_TAG])
+    assert network.id in {n.id for n in by_tag}
+    assert (await neutron.get_network(network.name)).id == network.id
+
+
+async def test_ports_single_bulk_update_and_idempotent_delete(
+        neutron: client.Neutron, network: resources.Network,
+        cloud_config: settings.KuryrSettings) -> None:
+    port = await neutron.create_port(network.id, tags=[TEST_TAG], host_id=cloud_config.binding.host,
+                                     device_owner="compute:kuryr")
+    assert port.host_id == cloud_config.binding.host
+    assert len(port.fixed_ips) == 2  # one address per subnet
+    bulk = await neutron.create_ports(network.id, 3, tags=[TEST_TAG, tagging.owner("pool", "x")])
+    assert len({p.id for p in bulk}) == 3
+    assert all(tagging.value_of(p.tags, "pool") == "x" for p in bulk)
+    found = await neutron.list_ports(tags=[tagging.owner("pool", "x")], network_id=network.id)
+    assert {p.id for p in found} == {p.id for p in bulk}
+    updated = await neutron.update_port(port.id, name="renamed",
+                                        tags=[TEST_TAG, tagging.owner("cni-ifname", "eth0")])
+    assert updated.name == "renamed"
+    assert tagging.value_of(updated.tags, "cni-ifname") == "eth0"
+    assert _base(neutron) <= set(updated.tags)
+    for p in [port, *bulk]:
+        await neutron.delete_port(p.id)
+        await neutron.delete_port(p.id)  # again: still fine
+    with pytest.raises(errors.NotFoundError, match=port.id):
+        await neutron.get_port(port.id)
+
+
+async def test_vif_of_a_port(neutron: client.Neutron, network: resources.Network) -> None:
+    port = await neutron.create_port(network.id, tags=[TEST_TAG])
+    vif = await neutron.vif_for_port(port)
+    assert vif.port_id == port.id and vif.mac == port.mac and vif.mtu == network.mtu
+    assert sorted(f.address.version for f in vif.fixed_ips) == [4, 6]
+    assert all(f.address.network.prefixlen in (24, 64) for f in vif.fixed_ips)
+    assert len(vif.gateways()) == 2
+    await neutron.delete_port(port.id)
+
+
+async def test_subnet_pool_router_and_interface(neutron: client.Neutron,
+                                                network: resources.Network) -> None:
+    pool = await neutron.create_subnet_pool(f"kt-{RUN_ID}-pool", prefixes=["10.240.0.0/16"],
+                                            default_prefix_length=26, tags=[TEST_TAG])
+    router = await neutron.create_router(f"kt-{RUN_ID}-router", tags=[TEST_TAG])
+    try:
+        assert _base(neutron) <= set(pool.tags) and _base(neutron) <= set(router.tags)
+        subnet = await neutron.create_subnet(network.id, subnet_pool_id=pool.id, ip_version=4,
+                                             tags=[TEST_TAG])
+        assert subnet.cidr.endswith("/26") and subnet.cidr.startswith("10.240.")
+        await neutron.add_router_interface(router.id, subnet.id)
+        ports = await neutron.list_ports(device_id=router.id)
+        assert any(f.subnet_id == subnet.id for p in ports for f in p.fixed_ips)
+        await neutron.remove_router_interface(router.id, subnet.id)
+        await neutron.remove_router_interface(router.id, subnet.id)  # idempotent
+        await neutron.delete_subnet(subnet.id)
+    finally:
+        await neutron.delete_router(router.id)
+        await neutron.delete_subnet_pool(pool.id)
+
+
+async def test_security_groups_and_rules(neutron: client.Neutron) -> None:
+    group = await neutron.create_security_group(f"kt-{RUN_ID}-sg", tags=[TEST_TAG])
+    try:
+        assert _base(neutron) <= set(group.tags)
+        rule = await neutron.create_security_group_rule(group.id, protocol="tcp",
+                                                        port_range_min=80, port_range_max=80,
+                                                        remote_ip_prefix="0.0.0.0/0")
+        assert (rule.protocol, rule.port_range_min, rule.direction) == ("tcp", 80, "ingress")
+        with pytest.raises(errors.PermanentError, match=r"SecurityGroupRuleExists|already exists"):
+            await neutron.create_security_group_rule(group.id, protocol="tcp", port_range_min=80,
+                                                     port_range_max=80,
+                                                     remote_ip_prefix="0.0.0.0/0")
+        assert rule.id in (await neutron.get_security_group(group.id)).rule_ids
+        await neutron.delete_security_group_rule(rule.id)
+        await neutron.delete_security_group_rule(rule.id)
+    finally:
+        await neutron.delete_security_group(group.id)
+    await neutron.delete_security_group(group.id)
+
+
+async def test_trunks_and_subports(neutron: client.Neutron, network: resources.Network) -> None:
+    parent = await neutron.create_port(network.id, tags=[TEST_TAG])
+    child = await neutron.create_port(network.id, tags=[TEST_TAG])
+    trunk = await neutron.create_trunk(parent.id, name=f"kt-{RUN_ID}-trunk", tags=[TEST_TAG])
+    try:
+        assert _base(neutron) <= set(trunk.tags)
+        trunk = await neutron.add_subports(trunk.id, [
+            {"port_id": child.id, "segmentation_type": "vlan", "segmentation_id": 101}])
+        assert [s["port_id"] for s in (await neutron.get_trunk(trunk.id)).sub_ports] == [child.id]
+        await neutron.remove_subports(trunk.id, [child.id])
+        assert (await neutron.get_trunk(trunk.id)).sub_ports == ()
+    finally:
+        await neutron.delete_trunk(trunk.id)
+        await neutron.delete_port(child.id)
+        await neutron.delete_port(parent.id)
+
+
+async def test_add_tags(neutron: client.Neutron, network: resources.Network) -> None:
+    await neutron.add_tags("network", network.id, [tagging.owner("extra", "1")])
+    assert tagging.value_of((await neutron.get_network(network.id)).tags, "extra") == "1"
+
+
+async def test_quota_exhaustion_is_permanent(neutron: client.Neutron,
+                                             cloud_config: settings.KuryrSettings) -> None:
+    project = uuid.uuid4().hex
+    net = await neutron.create_network(f"kt-{RUN_ID}-quota", tags=[TEST_TAG], project_id=project)
+    conn: openstack.connection.Connection = client.connect(cloud_config.neutron)
+    try:
+        await neutron.create_subnet(net.id, cidr="10.250.0.0/28", tags=[TEST_TAG])
+        conn.network.update_quota(project, ports=1)
+        first = await neutron.create_port(net.id, tags=[TEST_TAG], project_id=project)
+        with pytest.raises(errors.QuotaExceededError, match=r"[Qq]uota"):
+            await neutron.create_port(net.id, tags=[TEST_TAG], project_id=project)
+        await neutron.delete_port(first.id)
+    finally:
+        for p in await neutron.list_ports(network_id=net.id):
+            await neutron.delete_port(p.id)
+        for s in await neutron.list_subnets(network_id=net.id):
+            await neutron.delete_subnet(s.id)
+        await neutron.delete_network(net.id)
+        conn.network.delete_quota(project)
+        conn.close()
+
+
+async def test_missing_things_are_not_found(neutron: client.Neutron) -> None:
+    with pytest.raises(errors.NotFoundError, match="no-such-net"):
+        await neutron.get_network(f"no-such-net-{RUN_ID}")
+    with pytest.raises(errors.NotFoundError):
+        await neutron.get_port(str(uuid.uuid4()))
+    with pytest.raises(errors.PermanentError, match=r"[Ii]nvalid|400"):
+        await neutron.create_subnet(str(uuid.uuid4()), cidr="not-a-cidr")
+
+
+async def test_neutron_down_is_temporary_with_a_hint() -> None:
+    down = settings.NeutronSettings(endpoint_override="http://127.0.0.1:9/", auth_type="none",
+                                    timeout=3)
+    facade = client.Neutron(client.connect(down), cluster_id="t")
+    try:
+        with pytest.raises(errors.TemporaryError, match="cannot reach Neutron"):
+            await facade.list_networks()
+    finally:
+        facade.close()
+
+
+async def test_wait_for_status_is_bounded(neutron: client.Neutron,
+                                          network: resources.Network) -> None:
+    port = await neutron.create_port(network.id, tags=[TEST_TAG])  # never plugged: stays DOWN
+    with pytest.raises(errors.TemporaryError, match=r"DOWN, not ACTIVE after 0\.3 s"):
+        await neutron.wait_port_status(port.id, "ACTIVE", timeout=0.3)
+    await neutron.delete_port(port.id)
+
+
+def test_unconfigured_neutron_says_how_to_configure() -> None:
+    with pytest.raises(errors.ConfigError, match="kuryr cloud up"):
+        client.connect(settings.NeutronSettings())

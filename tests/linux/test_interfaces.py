@@ -1,0 +1,113 @@
+"""Links in real network namespaces: a veth moved into a namespace carries the MAC, MTU,
+addresses and routes asked for, with TX checksum offload off, and packets cross it."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from kuryr import errors, model
+from kuryr.linux import interfaces, namespaces
+from tests.conftest import netns_run
+
+pytestmark = pytest.mark.usefixtures("root")
+
+
+def _names() -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    return f"tkh{suffix}", f"tkp{suffix}"
+
+
+def test_veth_into_namespace_is_configured(make_netns: Callable[[], str]) -> None:
+    ns = make_netns()
+    host, peer = _names()
+    try:
+        interfaces.create_veth(host, peer, mac="fa:16:3e:12:34:56", mtu=1442)
+        assert not interfaces.tx_checksum_enabled(peer)
+        interfaces.move_to_netns(peer, ns, new_ifname="eth0")
+        for _ in range(2):  # idempotent
+            interfaces.configure(
+                "eth0", netns=ns, mtu=1442,
+                addresses=[ipaddress.ip_interface("10.77.0.5/24"),
+                           ipaddress.ip_interface("fd00:77::5/64")],
+                gateways=[ipaddress.ip_address("10.77.0.1"), ipaddress.ip_address("fd00:77::1")],
+                routes=[model.Route(ipaddress.ip_network("10.78.0.0/16"),
+                                    ipaddress.ip_address("10.77.0.254"))])
+        seen = interfaces.describe("eth0", netns=ns)
+        assert seen is not None
+        assert seen["mac"] == "fa:16:3e:12:34:56"
+        assert seen["mtu"] == 1442
+        assert sorted(seen["addresses"]) == ["10.77.0.5/24", "fd00:77::5/64"]
+        assert sorted(seen["routes"]) == ["0.0.0.0/0 via 10.77.0.1",
+                                          "10.78.0.0/16 via 10.77.0.254", "::/0 via fd00:77::1"]
+        # What a user would check with ethtool inside the namespace.
+        ethtool = netns_run(ns, "ethtool", "-k", "eth0").stdout
+        assert "tx-checksumming: off" in ethtool
+        assert not interfaces.link_exists(peer)  # moved, not copied
+    finally:
+        interfaces.delete_link(host)
+    assert not interfaces.link_exists("eth0", netns=ns)  # the peer went with its host end
+
+
+def test_packets_cross_a_veth_between_two_namespaces(make_netns: Callable[[], str]) -> None:
+    a, b = make_netns(), make_netns()
+    host, peer = _names()
+    interfaces.create_veth(host, peer, mac="fa:16:3e:00:00:0a", mtu=1500)
+    interfaces.move_to_netns(host, a, new_ifname="eth0")
+    interfaces.move_to_netns(peer, b, new_ifname="eth0")
+    for ns, ip in ((a, "10.79.0.1"), (b, "10.79.0.2")):
+        interfaces.configure("eth0", netns=ns, mtu=1500, gateways=[], routes=[],
+                             addresses=[ipaddress.ip_interface(f"{ip}/24")])
+    ping = netns_run(a, "ping", "-c", "2", "-i", "0.2", "-W", "2", "10.79.0.2")
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    interfaces.delete_link("eth0", netns=a)
+    assert not interfaces.link_exists("eth0", netns=b)
+
+
+def test_missing_namespace_is_a_clear_error_and_nothing_is_left() -> None:
+    host, peer = _names()
+    interfaces.create_veth(host, peer, mac="fa:16:3e:00:00:0b", mtu=1500)
+    try:
+        with pytest.raises(errors.NamespaceNotFoundError, match="kt-does-not-exist"):
+            interfaces.move_to_netns(peer, "kt-does-not-exist", new_ifname="eth0")
+        assert not namespaces.exists("kt-does-not-exist")  # never created by accident
+    finally:
+        interfaces.delete_link(host)
+    assert not interfaces.link_exists(peer)
+
+
+def test_plain_file_is_not_a_namespace(tmp_path: object) -> None:
+    path = f"{tmp_path}/not-a-netns"
+    with open(path, "w"):
+        pass
+    with pytest.raises(errors.NamespaceNotFoundError, match="not a network namespace"):
+        namespaces.resolve(path)
+
+
+def test_delete_is_idempotent() -> None:
+    host, _ = _names()
+    assert interfaces.delete_link(host) is False
+    assert interfaces.delete_link("eth0", netns="kt-does-not-exist") is False
+
+
+@pytest.mark.parametrize("name", ["", "a" * 16, "a/b", "eth 0"])
+def test_bad_interface_names_are_refused(name: str) -> None:
+    with pytest.raises(errors.PermanentError, match="invalid interface name"):
+        interfaces.check_ifname(name)
+
+
+def test_name_taken_in_namespace_is_reported(make_netns: Callable[[], str]) -> None:
+    ns = make_netns()
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "add", "eth0", "type", "veth",
+                    "peer", "name", "x0"], check=True)
+    host, peer = _names()
+    interfaces.create_veth(host, peer, mac="fa:16:3e:00:00:0c", mtu=1500)
+    try:
+        with pytest.raises(errors.BindingError, match="already exists"):
+            interfaces.move_to_netns(peer, ns, new_ifname="eth0")
+    finally:
+        interfaces.delete_link(host)
