@@ -55,7 +55,7 @@ async def up(config: settings.KuryrSettings, *,
         sandboxes = []
         for name in SANDBOXES:
             await _detach_sandbox(neutron, binders, name)
-            namespaces.create(name)
+            await asyncio.to_thread(namespaces.create, name)
             say(f"attaching a Neutron port to sandbox {name}")
             attachment = await lifecycle.attach(
                 neutron, binders, network_id=net.id, netns=name, ifname="eth0",
@@ -84,7 +84,7 @@ async def down(config: settings.KuryrSettings, *, say: Callable[[str], None]) ->
         for name in SANDBOXES:
             say(f"removing sandbox {name}")
             await _detach_sandbox(neutron, binders, name)
-            namespaces.remove(name)
+            await asyncio.to_thread(namespaces.remove, name)
         for net in await neutron.list_networks(tags=[NETWORK_TAG]):
             say(f"deleting network {net.name} ({net.id})")
             for subnet in await neutron.list_subnets(network_id=net.id):

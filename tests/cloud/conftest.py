@@ -3,6 +3,7 @@ binders wired to the cloud's OVS, and a leak check that nothing a test made is l
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,25 +33,36 @@ async def network(neutron: client.Neutron, cloud_config: settings.KuryrSettings
     removed at teardown whatever the test did."""
     n = uuid.uuid4().int % 200 + 20
     net = await neutron.create_network(f"kt-{RUN_ID}-{n}", tags=[TEST_TAG])
-    await neutron.create_subnet(net.id, cidr=f"10.{n}.0.0/24", ip_version=4, tags=[TEST_TAG])
-    await neutron.create_subnet(net.id, cidr=f"fd00:{n}::/64", ip_version=6, tags=[TEST_TAG])
-    net = await neutron.get_network(net.id)
-    yield net
+    try:
+        await neutron.create_subnet(net.id, cidr=f"10.{n}.0.0/24", ip_version=4, tags=[TEST_TAG])
+        await neutron.create_subnet(net.id, cidr=f"fd00:{n}::/64", ip_version=6, tags=[TEST_TAG])
+        yield await neutron.get_network(net.id)
+    finally:
+        await remove_network(neutron, cloud_config, net.id)
+
+
+async def remove_network(neutron: client.Neutron, cloud_config: settings.KuryrSettings,
+                         network_id: str) -> None:
+    """Unplug and delete every container port of a network, then its subnets and itself."""
     binder = ovs_binding.OvsBinder(cloud_config.binding)
     try:
-        for port in await neutron.list_ports(network_id=net.id):
-            if port.device_owner.startswith("compute:"):
-                binder.unplug_sync(port.id)
+        for port in await neutron.list_ports(network_id=network_id):
+            if port.device_owner.startswith("compute:") or not port.device_owner:
+                await asyncio.to_thread(binder.unplug_sync, port.id)
                 await neutron.delete_port(port.id)
     finally:
         binder.close()
-    for subnet in await neutron.list_subnets(network_id=net.id):
+    for subnet in await neutron.list_subnets(network_id=network_id):
         await neutron.delete_subnet(subnet.id)
-    await neutron.delete_network(net.id)
+    await neutron.delete_network(network_id)
 
 
-def leftovers(binder: ovs_binding.OvsBinder, port_id: str) -> list[str]:
+async def leftovers(binder: ovs_binding.OvsBinder, port_id: str) -> list[str]:
     """What is left on the host of a port: its tap and its OVS port."""
+    return await asyncio.to_thread(_leftovers, binder, port_id)
+
+
+def _leftovers(binder: ovs_binding.OvsBinder, port_id: str) -> list[str]:
     host = ovs_binding.host_ifname(port_id)
     found = []
     if interfaces.link_exists(host):

@@ -10,7 +10,7 @@ import pytest
 
 from kuryr import errors, settings
 from kuryr.neutron import client, resources, tagging
-from tests.cloud.conftest import TEST_TAG
+from tests.cloud.conftest import TEST_TAG, remove_network
 from tests.conftest import RUN_ID
 
 
@@ -65,10 +65,11 @@ async def test_vif_of_a_port(neutron: client.Neutron, network: resources.Network
 
 
 async def test_subnet_pool_router_and_interface(neutron: client.Neutron,
-                                                network: resources.Network) -> None:
+                                                cloud_config: settings.KuryrSettings) -> None:
     pool = await neutron.create_subnet_pool(f"kt-{RUN_ID}-pool", prefixes=["10.240.0.0/16"],
                                             default_prefix_length=26, tags=[TEST_TAG])
     router = await neutron.create_router(f"kt-{RUN_ID}-router", tags=[TEST_TAG])
+    network = await neutron.create_network(f"kt-{RUN_ID}-pooled", tags=[TEST_TAG])
     try:
         assert _base(neutron) <= set(pool.tags) and _base(neutron) <= set(router.tags)
         subnet = await neutron.create_subnet(network.id, subnet_pool_id=pool.id, ip_version=4,
@@ -81,6 +82,7 @@ async def test_subnet_pool_router_and_interface(neutron: client.Neutron,
         await neutron.remove_router_interface(router.id, subnet.id)  # idempotent
         await neutron.delete_subnet(subnet.id)
     finally:
+        await remove_network(neutron, cloud_config, network.id)
         await neutron.delete_router(router.id)
         await neutron.delete_subnet_pool(pool.id)
 
@@ -172,7 +174,7 @@ async def test_neutron_down_is_temporary_with_a_hint() -> None:
 async def test_wait_for_status_is_bounded(neutron: client.Neutron,
                                           network: resources.Network) -> None:
     port = await neutron.create_port(network.id, tags=[TEST_TAG])  # never plugged: stays DOWN
-    with pytest.raises(errors.TemporaryError, match=r"DOWN, not ACTIVE after 0\.3 s"):
+    with pytest.raises(errors.TemporaryError, match=r"DOWN, not ACTIVE, after 0\.3 s"):
         await neutron.wait_port_status(port.id, "ACTIVE", timeout=0.3)
     await neutron.delete_port(port.id)
 

@@ -4,6 +4,7 @@ groups enforced, and nothing left after unplugging."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from kuryr import binding, settings
@@ -40,7 +41,7 @@ async def test_two_sandboxes_talk_through_ovn_and_security_groups_apply(
 
     # The namespace: the port's MAC, every fixed IP with its prefix, the network's MTU,
     # default routes via the gateways, TX checksum offload off.
-    seen = interfaces.describe("eth0", netns=a.netns)
+    seen = await asyncio.to_thread(interfaces.describe, "eth0", netns=a.netns)
     assert seen is not None
     assert seen["mac"] == a.port.mac
     assert seen["mtu"] == network.mtu
@@ -49,7 +50,8 @@ async def test_two_sandboxes_talk_through_ovn_and_security_groups_apply(
     assert "tx-checksumming: off" in netns_run(a.netns, "ethtool", "-k", "eth0").stdout
 
     # The host: the tap on br-int with what OVN needs.
-    external_ids = binders["ovs"].ovsdb.port_external_ids(  # type: ignore[attr-defined]
+    external_ids = await asyncio.to_thread(
+        binders["ovs"].ovsdb.port_external_ids,  # type: ignore[attr-defined]
         ovs_binding.host_ifname(a.port.id))
     assert external_ids is not None
     assert external_ids["iface-id"] == a.port.id
@@ -87,8 +89,8 @@ async def test_two_sandboxes_talk_through_ovn_and_security_groups_apply(
             await lifecycle.detach(neutron, binders, port_id=att.port.id, netns=att.netns,
                                    ifname="eth0")
             await lifecycle.detach(neutron, binders, port_id=att.port.id)  # idempotent
-            assert leftovers(binder, att.port.id) == []
-            assert not interfaces.link_exists("eth0", netns=att.netns)
+            assert await leftovers(binder, att.port.id) == []
+            assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=att.netns)
         remaining = await neutron.list_ports(network_id=network.id, device_owner="compute:kuryr")
         assert remaining == []
     finally:
@@ -105,7 +107,7 @@ async def test_plug_is_idempotent(neutron: client.Neutron, network: resources.Ne
     again = await lifecycle.plug_existing(neutron, binders, port_id=att.port.id, netns=ns,
                                           ifname="eth1", host=cloud_config.binding.host)
     assert again.port.status == "ACTIVE"
-    seen = interfaces.describe("eth1", netns=ns)
+    seen = await asyncio.to_thread(interfaces.describe, "eth1", netns=ns)
     assert seen is not None and sorted(seen["addresses"]) == sorted(
         str(f.address) for f in att.vif.fixed_ips)
     await lifecycle.detach(neutron, binders, port_id=att.port.id)

@@ -3,6 +3,7 @@ port behind."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
@@ -29,7 +30,7 @@ async def test_port_that_does_not_exist(neutron: client.Neutron,
                                       ifname="eth0", host=cloud_config.binding.host)
     binder = binders["ovs"]
     assert isinstance(binder, ovs_binding.OvsBinder)
-    assert leftovers(binder, missing) == []
+    assert await leftovers(binder, missing) == []
 
 
 async def test_namespace_that_does_not_exist(neutron: client.Neutron,
@@ -55,7 +56,7 @@ async def test_neutron_that_is_down(binders: dict[str, binding.Binder],
         down.close()
     from kuryr.linux import interfaces
 
-    assert not interfaces.link_exists("eth0", netns=ns)
+    assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=ns)
 
 
 async def test_ovs_that_is_down_rolls_back_port_and_veth(
@@ -76,7 +77,7 @@ async def test_ovs_that_is_down_rolls_back_port_and_veth(
             b.close()
     from kuryr.linux import interfaces
 
-    assert not interfaces.link_exists("eth0", netns=ns)
+    assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=ns)
     assert await _kuryr_ports(neutron, network) == []
 
 
@@ -91,7 +92,7 @@ async def test_port_not_active_in_time_rolls_back_everything(
                                active_timeout=0.0)
     from kuryr.linux import interfaces
 
-    assert not interfaces.link_exists("eth0", netns=ns)
+    assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=ns)
     assert await _kuryr_ports(neutron, network) == []
     binder = binders["ovs"]
     assert isinstance(binder, ovs_binding.OvsBinder)

@@ -18,6 +18,11 @@ class Binder(Protocol):
     async def plug(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
         """Raises NamespaceNotFoundError, BindingError."""
 
+    async def plug_host_side(self, vif: model.VIF, *, peer_ifname: str) -> None:
+        """Plug ``vif`` but leave the container end in the host namespace as ``peer_ifname``,
+        unconfigured, for a runtime that moves and configures it itself (Docker).
+        Raises BindingError, PermanentError (bad ifname)."""
+
     async def unplug(self, vif: model.VIF, *, netns: str | None = None,
                      ifname: str | None = None) -> None:
         """Idempotent: whatever is already gone is success. Raises BindingError."""

@@ -48,6 +48,31 @@ class OvsBinder:
                      ifname: str | None = None) -> None:
         await asyncio.to_thread(self.unplug_sync, vif.port_id, netns=netns, ifname=ifname)
 
+    async def plug_host_side(self, vif: model.VIF, *, peer_ifname: str) -> None:
+        """Plug ``vif`` with its container end left in the host namespace as ``peer_ifname``
+        (down, with the port's MAC and MTU, TX checksum offload off): the runtime moves it into
+        the container and sets addresses and routes. Idempotent; on failure nothing is left.
+
+        Raises BindingError, PermanentError (bad ifname).
+        """
+        await asyncio.to_thread(self.plug_host_side_sync, vif, peer_ifname=peer_ifname)
+
+    def plug_host_side_sync(self, vif: model.VIF, *, peer_ifname: str) -> None:
+        interfaces.check_ifname(peer_ifname)
+        host = host_ifname(vif.port_id)
+        with contextlib.ExitStack() as undo:
+            if interfaces.link_exists(host) and not interfaces.link_exists(peer_ifname):
+                # A leftover of an interrupted plug, or of a container that is gone.
+                interfaces.delete_link(host)
+            if not interfaces.link_exists(host):
+                interfaces.delete_link(peer_ifname)  # a leftover of an interrupted plug
+                undo.callback(self._undo_link, host)
+                interfaces.create_veth(host, peer_ifname, mac=vif.mac, mtu=vif.mtu)
+            self._attach_host_end(host, vif, undo)
+            undo.pop_all()
+        LOG.info("plugged port %s with its container end %s in the host namespace (host end "
+                 "%s)", vif.port_id, peer_ifname, host)
+
     def plug_sync(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
         interfaces.check_ifname(ifname)
         path = namespaces.resolve(netns)
@@ -66,13 +91,7 @@ class OvsBinder:
                 ifname, netns=path, mtu=vif.mtu,
                 addresses=[f.address for f in vif.fixed_ips],
                 gateways=vif.gateways(), routes=vif.routes())
-            interfaces.set_up(host, mtu=vif.mtu)
-            undo.callback(self._undo_ovs_port, host)
-            self.ovsdb.add_port(self.config.ovs_bridge, host, external_ids={
-                "iface-id": vif.port_id,
-                "attached-mac": vif.mac,
-                "iface-status": "active",
-            })
+            self._attach_host_end(host, vif, undo)
             undo.pop_all()
         LOG.info("plugged port %s into %s as %s (host end %s)", vif.port_id, netns, ifname, host)
 
@@ -87,6 +106,16 @@ class OvsBinder:
         interfaces.delete_link(host)
         interfaces.delete_link(_temp_ifname(port_id))
         LOG.info("unplugged port %s (host end %s)", port_id, host)
+
+    def _attach_host_end(self, host: str, vif: model.VIF, undo: contextlib.ExitStack) -> None:
+        """Bring the host end up and make it the OVS port OVN claims for the Neutron port."""
+        interfaces.set_up(host, mtu=vif.mtu)
+        undo.callback(self._undo_ovs_port, host)
+        self.ovsdb.add_port(self.config.ovs_bridge, host, external_ids={
+            "iface-id": vif.port_id,
+            "attached-mac": vif.mac,
+            "iface-status": "active",
+        })
 
     def _undo_link(self, host: str) -> None:
         try:

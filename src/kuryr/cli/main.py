@@ -15,7 +15,10 @@ import click
 import kuryr
 from kuryr import errors
 from kuryr.cli import cloud as cli_cloud
+from kuryr.cli import daemon as cli_daemon
 from kuryr.cli import demo as cli_demo
+from kuryr.cli import install_cni as cli_install_cni
+from kuryr.cli import libnetwork as cli_libnetwork
 
 
 class _Group(click.Group):
@@ -42,3 +45,6 @@ def main(debug: bool) -> None:
 
 main.add_command(cli_cloud.cloud)
 main.add_command(cli_demo.demo)
+main.add_command(cli_daemon.daemon)
+main.add_command(cli_install_cni.install_cni)
+main.add_command(cli_libnetwork.libnetwork)

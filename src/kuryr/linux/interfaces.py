@@ -96,15 +96,18 @@ def tx_checksum_enabled(ifname: str) -> bool:
         return any(features[n].enable for n in _TX_CSUM_FEATURES if n in features)
 
 
-def move_to_netns(ifname: str, netns: str, *, new_ifname: str) -> None:
-    """Move a host link into ``netns`` renaming it to ``new_ifname`` in the same step.
+def move_to_netns(ifname: str, netns: str, *, new_ifname: str,
+                  source_netns: str | None = None) -> None:
+    """Move a link of the host (or of ``source_netns``) into ``netns`` renaming it to
+    ``new_ifname`` in the same step. The link arrives down and without addresses.
 
     Raises NamespaceNotFoundError, or BindingError (e.g. ``new_ifname`` taken there).
     """
     path = namespaces.resolve(netns)
+    source = namespaces.resolve(source_netns) if source_netns else None
     fd = os.open(path, os.O_RDONLY)
     try:
-        with _ipr() as ipr:
+        with _ipr(source) as ipr:
             index = _index(ipr, ifname)
             if index is None:
                 raise errors.BindingError(f"link {ifname} vanished before it was moved")

@@ -88,7 +88,6 @@ class Ovsdb:
         api = self._get_api()
         names = set(self._run(f"listing of {bridge}", api.list_ifaces(bridge))[0])
         rows = self._run("listing of interfaces", api.db_find(
-            "Interface", ("external_ids", ">=", {OWNER_KEY: OWNER}),
-            columns=["name", "external_ids"]))[0]
-        return {r["name"]: dict(r["external_ids"]) for r in rows if r["name"] in names}
-
+            "Interface", columns=["name", "external_ids"]))[0]
+        return {r["name"]: dict(r["external_ids"]) for r in rows
+                if r["name"] in names and r["external_ids"].get(OWNER_KEY) == OWNER}

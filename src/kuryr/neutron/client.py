@@ -41,22 +41,26 @@ def connect(config: settings.NeutronSettings) -> openstack.connection.Connection
             region = loader.get_one(cloud=config.cloud, region_name=config.region_name,
                                     api_timeout=config.timeout)
             return openstack.connection.Connection(config=region)
+        auth_type = config.auth_type or ("password" if config.username else "none")
         options: dict[str, Any] = {
-            "auth_type": config.auth_type or ("password" if config.username else "none"),
+            "auth_type": auth_type,
             "auth_url": config.auth_url,
-            "username": config.username,
-            "password": config.password,
-            "project_name": config.project_name,
-            "project_id": config.project_id,
-            "user_domain_name": config.user_domain_name,
-            "project_domain_name": config.project_domain_name,
             "region_name": config.region_name,
             "network_endpoint_override": config.endpoint_override,
             "api_timeout": config.timeout,
         }
+        if auth_type != "none":
+            options.update({
+                "username": config.username,
+                "password": config.password,
+                "project_name": config.project_name,
+                "project_id": config.project_id,
+                "user_domain_name": config.user_domain_name,
+                "project_domain_name": config.project_domain_name,
+            })
         return openstack.connection.Connection(
             **{k: v for k, v in options.items() if v is not None})
-    except sdk_exceptions.SDKException as e:
+    except (sdk_exceptions.SDKException, TypeError) as e:
         # The SDK's config errors name the cloud or option, never the password.
         raise errors.ConfigError(f"cannot set up the Neutron client: {e}") from e
 
@@ -83,6 +87,15 @@ class Neutron:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._conn.close()
 
+    @property
+    def _net(self) -> Any:
+        """The SDK's network proxy. Its first use discovers the endpoint, which fails when
+        Neutron is down: mapped like any other failure (TemporaryError)."""
+        try:
+            return self._conn.network
+        except Exception as e:
+            raise failures.translate(e, "connect to Neutron") from e
+
     async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         loop = asyncio.get_running_loop()
         try:
@@ -93,29 +106,48 @@ class Neutron:
     def _tags(self, extra: Iterable[str]) -> list[str]:
         return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]
 
+    async def _create_tagged(self, what: str, create: Callable[..., Any],
+                             delete: Callable[..., Any], tags: Iterable[str],
+                             **attrs: Any) -> Any:
+        """Create a resource, then tag it: Neutron accepts ``tags`` in the POST of ports only.
+        If tagging fails the resource is deleted again, so nothing untagged is left."""
+        all_tags = self._tags(tags)
+        proxy = self._net
+
+        def create_and_tag() -> Any:
+            made = create(**attrs)
+            try:
+                return proxy.set_tags(made, all_tags)
+            except Exception:
+                delete(made, ignore_missing=True)
+                raise
+
+        return await self._call(what, create_and_tag)
+
     # -- networks -------------------------------------------------------------------------------
     async def create_network(self, name: str, *, tags: Iterable[str] = (), mtu: int | None = None,
                              project_id: str | None = None) -> resources.Network:
-        attrs: dict[str, Any] = {"name": name, "tags": self._tags(tags)}
+        attrs: dict[str, Any] = {"name": name}
         if mtu:
             attrs["mtu"] = mtu
         if project_id:
             attrs["project_id"] = project_id
-        r = await self._call(f"create network {name}", self._conn.network.create_network, **attrs)
+        r = await self._create_tagged(f"create network {name}", self._net.create_network,
+                                      self._net.delete_network, tags, **attrs)
         return resources.network(r)
 
     async def get_network(self, name_or_id: str) -> resources.Network:
         """Raises NotFoundError (also when a name matches several networks: PermanentError)."""
-        r = await self._call(f"find network {name_or_id}", self._conn.network.find_network,
+        r = await self._call(f"find network {name_or_id}", self._net.find_network,
                              name_or_id, ignore_missing=False)
         return resources.network(r)
 
     async def list_networks(self, *, tags: Sequence[str] = ()) -> list[resources.Network]:
-        return await self._list("list networks", self._conn.network.networks, resources.network,
+        return await self._list("list networks", self._net.networks, resources.network,
                                 tags=tags)
 
     async def delete_network(self, network_id: str) -> None:
-        await self._call(f"delete network {network_id}", self._conn.network.delete_network,
+        await self._call(f"delete network {network_id}", self._net.delete_network,
                          network_id, ignore_missing=True)
 
     # -- subnets and subnet pools ---------------------------------------------------------------
@@ -127,76 +159,80 @@ class Neutron:
                             host_routes: Sequence[Mapping[str, str]] = (),
                             dns_nameservers: Sequence[str] = ()) -> resources.Subnet:
         attrs: dict[str, Any] = {"network_id": network_id, "ip_version": ip_version,
-                                 "name": name, "is_dhcp_enabled": enable_dhcp,
-                                 "tags": self._tags(tags)}
+                                 "name": name, "is_dhcp_enabled": enable_dhcp}
         optional = {"cidr": cidr, "subnet_pool_id": subnet_pool_id,
                     "prefix_length": prefix_length, "gateway_ip": gateway_ip,
                     "ipv6_address_mode": ipv6_address_mode}
         attrs.update({k: v for k, v in optional.items() if v is not None})
-        if ip_version == 6 and ipv6_address_mode is None:
-            attrs["ipv6_address_mode"] = attrs["ipv6_ra_mode"] = "dhcpv6-stateful"
         if host_routes:
             attrs["host_routes"] = [dict(h) for h in host_routes]
         if dns_nameservers:
             attrs["dns_nameservers"] = list(dns_nameservers)
-        r = await self._call(f"create subnet {cidr or subnet_pool_id} on network {network_id}",
-                             self._conn.network.create_subnet, **attrs)
+        r = await self._create_tagged(
+            f"create subnet {cidr or subnet_pool_id} on network {network_id}",
+            self._net.create_subnet, self._net.delete_subnet, tags, **attrs)
         return resources.subnet(r)
 
     async def get_subnet(self, name_or_id: str) -> resources.Subnet:
-        r = await self._call(f"find subnet {name_or_id}", self._conn.network.find_subnet,
+        r = await self._call(f"find subnet {name_or_id}", self._net.find_subnet,
                              name_or_id, ignore_missing=False)
         return resources.subnet(r)
 
     async def list_subnets(self, *, network_id: str | None = None,
+                           subnet_pool_id: str | None = None,
                            tags: Sequence[str] = ()) -> list[resources.Subnet]:
-        query = {"network_id": network_id} if network_id else {}
-        return await self._list("list subnets", self._conn.network.subnets, resources.subnet,
+        query = {k: v for k, v in (("network_id", network_id),
+                                   ("subnet_pool_id", subnet_pool_id)) if v}
+        return await self._list("list subnets", self._net.subnets, resources.subnet,
                                 tags=tags, **query)
 
     async def delete_subnet(self, subnet_id: str) -> None:
-        await self._call(f"delete subnet {subnet_id}", self._conn.network.delete_subnet,
+        await self._call(f"delete subnet {subnet_id}", self._net.delete_subnet,
                          subnet_id, ignore_missing=True)
 
     async def create_subnet_pool(self, name: str, *, prefixes: Sequence[str],
                                  default_prefix_length: int,
                                  tags: Iterable[str] = ()) -> resources.SubnetPool:
-        r = await self._call(f"create subnet pool {name}",
-                             self._conn.network.create_subnet_pool, name=name,
-                             prefixes=list(prefixes), default_prefix_length=default_prefix_length,
-                             tags=self._tags(tags))
+        r = await self._create_tagged(
+            f"create subnet pool {name}", self._net.create_subnet_pool,
+            self._net.delete_subnet_pool, tags, name=name, prefixes=list(prefixes),
+            default_prefix_length=default_prefix_length)
         return resources.subnet_pool(r)
 
     async def get_subnet_pool(self, name_or_id: str) -> resources.SubnetPool:
         r = await self._call(f"find subnet pool {name_or_id}",
-                             self._conn.network.find_subnet_pool, name_or_id,
+                             self._net.find_subnet_pool, name_or_id,
                              ignore_missing=False)
         return resources.subnet_pool(r)
 
+    async def list_subnet_pools(self, *, tags: Sequence[str] = ()) -> list[resources.SubnetPool]:
+        return await self._list("list subnet pools", self._net.subnet_pools,
+                                resources.subnet_pool, tags=tags)
+
     async def delete_subnet_pool(self, pool_id: str) -> None:
-        await self._call(f"delete subnet pool {pool_id}", self._conn.network.delete_subnet_pool,
+        await self._call(f"delete subnet pool {pool_id}", self._net.delete_subnet_pool,
                          pool_id, ignore_missing=True)
 
     # -- routers --------------------------------------------------------------------------------
     async def create_router(self, name: str, *, tags: Iterable[str] = ()) -> resources.Router:
-        r = await self._call(f"create router {name}", self._conn.network.create_router,
-                             name=name, tags=self._tags(tags))
+        r = await self._create_tagged(f"create router {name}", self._net.create_router,
+                                      self._net.delete_router, tags, name=name)
         return resources.router(r)
 
     async def delete_router(self, router_id: str) -> None:
-        await self._call(f"delete router {router_id}", self._conn.network.delete_router,
+        await self._call(f"delete router {router_id}", self._net.delete_router,
                          router_id, ignore_missing=True)
 
     async def add_router_interface(self, router_id: str, subnet_id: str) -> None:
         await self._call(f"add subnet {subnet_id} to router {router_id}",
-                         self._conn.network.add_interface_to_router, router_id,
+                         self._net.add_interface_to_router, router_id,
                          subnet_id=subnet_id)
 
     async def remove_router_interface(self, router_id: str, subnet_id: str) -> None:
         """Idempotent: a subnet that is not on the router is success."""
         with contextlib.suppress(errors.NotFoundError):
             await self._call(f"remove subnet {subnet_id} from router {router_id}",
-                             self._conn.network.remove_interface_from_router, router_id,
+                             self._net.remove_interface_from_router, router_id,
                              subnet_id=subnet_id)
 
     # -- ports ----------------------------------------------------------------------------------
@@ -227,49 +263,82 @@ class Neutron:
                                  device_owner=device_owner, device_id=device_id,
                                  security_group_ids=security_group_ids, fixed_ips=fixed_ips,
                                  mac=mac, project_id=project_id)
-        r = await self._call(f"create port on network {network_id}",
-                             self._conn.network.create_port, **attrs)
+        proxy = self._net
+        all_tags = attrs["tags"]
+
+        def create_and_tag() -> Any:
+            # Measured on Neutron 29: a single port POST drops ``tags`` too; tag it right after.
+            made = proxy.create_port(**attrs)
+            if set(all_tags) <= set(made.tags or ()):
+                return made
+            try:
+                return proxy.set_tags(made, all_tags)
+            except Exception:
+                proxy.delete_port(made, ignore_missing=True)
+                raise
+
+        r = await self._call(f"create port on network {network_id}", create_and_tag)
         return resources.port(r)
 
     async def create_ports(self, network_id: str, count: int, *, tags: Iterable[str] = (),
                            host_id: str | None = None, device_owner: str | None = None,
                            security_group_ids: Sequence[str] | None = None,
                            project_id: str | None = None) -> list[resources.Port]:
-        """Create ``count`` ports in one bulk request (all or none)."""
+        """Create ``count`` ports in one bulk request (all or none).
+
+        Neutron 29 drops ``tags`` from bulk port creation, so each port is tagged right after;
+        if that fails, every port of the batch is deleted again."""
         if count <= 0:
             return []
         body = [self._port_attrs(network_id, tags=tags, name="", host_id=host_id,
                                  device_owner=device_owner, device_id=None,
                                  security_group_ids=security_group_ids, fixed_ips=None,
                                  mac=None, project_id=project_id) for _ in range(count)]
+        proxy = self._net
+        all_tags = self._tags(tags)
+
+        def create_and_tag() -> list[Any]:
+            made = list(proxy.create_ports(body))
+            try:
+                return [r if set(all_tags) <= set(r.tags or ()) else proxy.set_tags(r, all_tags)
+                        for r in made]
+            except Exception:
+                for r in made:
+                    proxy.delete_port(r, ignore_missing=True)
+                raise
+
         created = await self._call(f"create {count} ports on network {network_id}",
-                                   lambda: list(self._conn.network.create_ports(body)))
+                                   create_and_tag)
         return [resources.port(r) for r in created]
 
     async def update_port(self, port_id: str, *, tags: Iterable[str] | None = None,
                           **changes: Any) -> resources.Port:
         """Change a port; ``changes`` use the SDK's names (``binding_host_id``,
         ``device_owner``, ``security_group_ids``, ``name``, ...). ``tags`` replace the owner
-        tags (kuryr's base tags are always kept)."""
-        if tags is not None:
-            changes["tags"] = self._tags(tags)
-        r = await self._call(f"update port {port_id}", self._conn.network.update_port,
-                             port_id, **changes)
+        tags (kuryr's base tags are always kept; Neutron takes tags through their own call)."""
+        proxy = self._net
+        all_tags = self._tags(tags) if tags is not None else None
+
+        def update() -> Any:
+            r = proxy.update_port(port_id, **changes) if changes else proxy.get_port(port_id)
+            return proxy.set_tags(r, all_tags) if all_tags is not None else r
+
+        r = await self._call(f"update port {port_id}", update)
         return resources.port(r)
 
     async def get_port(self, port_id: str) -> resources.Port:
-        r = await self._call(f"get port {port_id}", self._conn.network.get_port, port_id)
+        r = await self._call(f"get port {port_id}", self._net.get_port, port_id)
         return resources.port(r)
 
     async def list_ports(self, *, tags: Sequence[str] = (), **query: Any) -> list[resources.Port]:
         """Ports matching every tag in ``tags`` and the SDK query (``network_id``,
         ``device_owner``, ``binding_host_id``, ...)."""
-        return await self._list("list ports", self._conn.network.ports, resources.port,
+        return await self._list("list ports", self._net.ports, resources.port,
                                 tags=tags, **query)
 
     async def delete_port(self, port_id: str) -> None:
         """Idempotent: a port that does not exist is success."""
-        await self._call(f"delete port {port_id}", self._conn.network.delete_port, port_id,
+        await self._call(f"delete port {port_id}", self._net.delete_port, port_id,
                          ignore_missing=True)
 
     async def wait_port_status(self, port_id: str, status: str = "ACTIVE", *,
@@ -296,23 +365,23 @@ class Neutron:
     async def create_security_group(self, name: str, *, description: str = "",
                                     tags: Iterable[str] = (),
                                     project_id: str | None = None) -> resources.SecurityGroup:
-        attrs: dict[str, Any] = {"name": name, "description": description,
-                                 "tags": self._tags(tags)}
+        attrs: dict[str, Any] = {"name": name, "description": description}
         if project_id:
             attrs["project_id"] = project_id
-        r = await self._call(f"create security group {name}",
-                             self._conn.network.create_security_group, **attrs)
+        r = await self._create_tagged(f"create security group {name}",
+                                      self._net.create_security_group,
+                                      self._net.delete_security_group, tags, **attrs)
         return resources.security_group(r)
 
     async def get_security_group(self, name_or_id: str) -> resources.SecurityGroup:
         r = await self._call(f"find security group {name_or_id}",
-                             self._conn.network.find_security_group, name_or_id,
+                             self._net.find_security_group, name_or_id,
                              ignore_missing=False)
         return resources.security_group(r)
 
     async def delete_security_group(self, group_id: str) -> None:
         await self._call(f"delete security group {group_id}",
-                         self._conn.network.delete_security_group, group_id, ignore_missing=True)
+                         self._net.delete_security_group, group_id, ignore_missing=True)
 
     async def create_security_group_rule(
             self, group_id: str, *, direction: str = "ingress", ethertype: str = "IPv4",
@@ -326,48 +395,50 @@ class Neutron:
                     "remote_group_id": remote_group_id}
         attrs.update({k: v for k, v in optional.items() if v is not None})
         r = await self._call(f"create rule in security group {group_id}",
-                             self._conn.network.create_security_group_rule, **attrs)
+                             self._net.create_security_group_rule, **attrs)
         return resources.security_group_rule(r)
 
     async def delete_security_group_rule(self, rule_id: str) -> None:
         await self._call(f"delete security group rule {rule_id}",
-                         self._conn.network.delete_security_group_rule, rule_id,
+                         self._net.delete_security_group_rule, rule_id,
                          ignore_missing=True)
 
     # -- trunks ---------------------------------------------------------------------------------
     async def create_trunk(self, port_id: str, *, name: str = "",
                            tags: Iterable[str] = ()) -> resources.Trunk:
-        r = await self._call(f"create trunk on port {port_id}", self._conn.network.create_trunk,
-                             port_id=port_id, name=name, tags=self._tags(tags))
+        r = await self._create_tagged(f"create trunk on port {port_id}",
+                                      self._net.create_trunk,
+                                      self._net.delete_trunk, tags, port_id=port_id,
+                                      name=name)
         return resources.trunk(r)
 
     async def add_subports(self, trunk_id: str,
                            subports: Sequence[Mapping[str, Any]]) -> resources.Trunk:
         """``subports``: ``{"port_id", "segmentation_type": "vlan", "segmentation_id"}``."""
         r = await self._call(f"add subports to trunk {trunk_id}",
-                             self._conn.network.add_trunk_subports, trunk_id,
+                             self._net.add_trunk_subports, trunk_id,
                              [dict(s) for s in subports])
         return resources.trunk(r)
 
     async def remove_subports(self, trunk_id: str, port_ids: Sequence[str]) -> resources.Trunk:
         r = await self._call(f"remove subports from trunk {trunk_id}",
-                             self._conn.network.delete_trunk_subports, trunk_id,
+                             self._net.delete_trunk_subports, trunk_id,
                              [{"port_id": p} for p in port_ids])
         return resources.trunk(r)
 
     async def get_trunk(self, trunk_id: str) -> resources.Trunk:
-        r = await self._call(f"get trunk {trunk_id}", self._conn.network.get_trunk, trunk_id)
+        r = await self._call(f"get trunk {trunk_id}", self._net.get_trunk, trunk_id)
         return resources.trunk(r)
 
     async def delete_trunk(self, trunk_id: str) -> None:
-        await self._call(f"delete trunk {trunk_id}", self._conn.network.delete_trunk, trunk_id,
+        await self._call(f"delete trunk {trunk_id}", self._net.delete_trunk, trunk_id,
                          ignore_missing=True)
 
     # -- tags -----------------------------------------------------------------------------------
     async def add_tags(self, kind: str, resource_id: str, tags: Iterable[str]) -> None:
         """Add ``tags`` to a ``network``, ``subnet``, ``port``, ``router``, ``subnet_pool``,
         ``security_group`` or ``trunk``."""
-        proxy = self._conn.network
+        proxy = self._net
         getter = getattr(proxy, f"get_{kind}", None)
         if getter is None:
             raise errors.PermanentError(f"cannot tag a {kind}")
@@ -376,6 +447,27 @@ class Neutron:
             proxy.add_tags(getter(resource_id), list(tags))
 
         await self._call(f"tag {kind} {resource_id}", add)
+
+    async def remove_tags(self, kind: str, resource_id: str, tags: Iterable[str]) -> None:
+        """Remove ``tags`` from a resource (see ``add_tags``); a tag or resource that is already
+        gone is success."""
+        proxy = self._net
+        getter = getattr(proxy, f"get_{kind}", None)
+        if getter is None:
+            raise errors.PermanentError(f"cannot untag a {kind}")
+        slashed = [t for t in tags if "/" in t]
+        if slashed:  # Neutron removes a tag by URL path: DELETE .../tags/<tag>
+            raise errors.PermanentError(f"cannot remove tag {slashed[0]!r}: it contains '/'")
+
+        def remove() -> None:
+            resource = getter(resource_id)
+            for tag in tags:
+                if tag in (resource.tags or ()):
+                    with contextlib.suppress(sdk_exceptions.NotFoundException):
+                        proxy.remove_tag(resource, tag)
+
+        with contextlib.suppress(errors.NotFoundError):
+            await self._call(f"untag {kind} {resource_id}", remove)
 
     # -- helpers --------------------------------------------------------------------------------
     async def _list(self, what: str, fn: Callable[..., Iterable[Any]],

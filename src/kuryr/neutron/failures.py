@@ -56,9 +56,12 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
     if isinstance(e, sdk_exceptions.HttpException):
         status = e.status_code or 0
         kind, message = neutron_error(e)
-        text = f"{what}: Neutron answered {status}" + (f" {kind}" if kind else "") + \
-            f": {message}"
-        if status == 404:
+        if status:
+            text = f"{what}: Neutron answered {status}" + (f" {kind}" if kind else "") + \
+                f": {message}"
+        else:  # raised by the SDK itself, e.g. a find by name that matched nothing
+            text = f"{what}: {message}"
+        if status == 404 or isinstance(e, sdk_exceptions.NotFoundException):
             return errors.NotFoundError(text)
         if status == 409:
             permanent = _PERMANENT_CONFLICTS.get(kind or "")
@@ -72,7 +75,8 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
         return errors.PermanentError(text)
     if isinstance(e, sdk_exceptions.ResourceTimeout):
         return errors.TemporaryError(f"{what}: timed out: {e}", delay=1.0)
-    if isinstance(e, ks_exceptions.ConnectFailure | ks_exceptions.ConnectTimeout):
+    if isinstance(e, ks_exceptions.ConnectFailure | ks_exceptions.ConnectTimeout
+                  | ks_exceptions.DiscoveryFailure):
         return errors.TemporaryError(
             f"{what}: cannot reach Neutron ({type(e).__name__}); is it running "
             "(kuryr cloud status)?", delay=2.0)

@@ -36,8 +36,8 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
                  tags: Iterable[str] = (), security_group_ids: Sequence[str] | None = None,
                  fixed_ips: Sequence[Mapping[str, str]] | None = None,
                  project_id: str | None = None, name: str = "",
-                 active_timeout: float = 30.0) -> Attachment:
-    """Create, plug and activate a port for a container.
+                 active_timeout: float = 30.0, mtu: int | None = None) -> Attachment:
+    """Create, plug and activate a port for a container (``mtu`` lowers the network's).
 
     Raises NotFoundError, QuotaExceededError, PermanentError, TemporaryError (Neutron or the
     ACTIVE bound), NamespaceNotFoundError, BindingError. Nothing is left behind on failure.
@@ -48,14 +48,15 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
             security_group_ids=security_group_ids, fixed_ips=fixed_ips, project_id=project_id)
         undo.push_async_callback(_rollback, "delete port", neutron.delete_port, port.id)
         attachment = await _plug_and_activate(neutron, binders, port, netns=netns,
-                                              ifname=ifname, active_timeout=active_timeout)
+                                              ifname=ifname, active_timeout=active_timeout,
+                                              mtu=mtu)
         undo.pop_all()
     return attachment
 
 
 async def plug_existing(neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
                         port_id: str, netns: str, ifname: str, host: str,
-                        active_timeout: float = 30.0) -> Attachment:
+                        active_timeout: float = 30.0, mtu: int | None = None) -> Attachment:
     """Plug a port that already exists (made by a controller or a Docker ``CreateEndpoint``):
     bind it to ``host`` if it is not, plug it and wait for ACTIVE. On failure the port is
     unplugged again but not deleted.
@@ -66,13 +67,41 @@ async def plug_existing(neutron: client.Neutron, binders: Mapping[str, binding.B
     if port.host_id != host:
         port = await neutron.update_port(port_id, binding_host_id=host)
     return await _plug_and_activate(neutron, binders, port, netns=netns, ifname=ifname,
-                                    active_timeout=active_timeout)
+                                    active_timeout=active_timeout, mtu=mtu)
+
+
+async def plug_existing_host_side(neutron: client.Neutron,
+                                  binders: Mapping[str, binding.Binder], *, port_id: str,
+                                  peer_ifname: str, host: str, wait_active: bool = True,
+                                  active_timeout: float = 30.0) -> Attachment:
+    """Plug a port that already exists for a runtime that moves the interface into the
+    container itself (Docker's ``Join``): bind it to ``host`` if it is not, plug it with the
+    container end left in the host namespace as ``peer_ifname``, and (``wait_active``) wait for
+    ACTIVE. On failure the port is unplugged again but not deleted.
+
+    Raises NotFoundError (no such port), TemporaryError, BindingError, PermanentError.
+    """
+    port = await neutron.get_port(port_id)
+    if port.host_id != host:
+        port = await neutron.update_port(port_id, binding_host_id=host)
+    vif = await neutron.vif_for_port(port)
+    binder = binding.binder_for(dict(binders), vif)
+    async with contextlib.AsyncExitStack() as undo:
+        undo.push_async_callback(_rollback_unplug, binder, vif)
+        await binder.plug_host_side(vif, peer_ifname=peer_ifname)
+        if wait_active:
+            port = await neutron.wait_port_status(port.id, "ACTIVE", timeout=active_timeout)
+        undo.pop_all()
+    return Attachment(port=port, vif=dataclasses.replace(vif, is_active=port.is_active),
+                      netns="", ifname=peer_ifname)
 
 
 async def _plug_and_activate(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
                              port: resources.Port, *, netns: str, ifname: str,
-                             active_timeout: float) -> Attachment:
+                             active_timeout: float, mtu: int | None = None) -> Attachment:
     vif = await neutron.vif_for_port(port)
+    if mtu and mtu < vif.mtu:
+        vif = dataclasses.replace(vif, mtu=mtu)
     binder = binding.binder_for(dict(binders), vif)
     async with contextlib.AsyncExitStack() as undo:
         await plug(binder, vif, netns=netns, ifname=ifname, undo=undo)
