@@ -41,7 +41,7 @@ class Ping:
     summary: str
 
 
-def _sandbox_tag(netns: str) -> str:
+def sandbox_tag(netns: str) -> str:
     return tagging.owner("demo", netns)
 
 
@@ -59,7 +59,7 @@ async def up(config: settings.KuryrSettings, *,
             say(f"attaching a Neutron port to sandbox {name}")
             attachment = await lifecycle.attach(
                 neutron, binders, network_id=net.id, netns=name, ifname="eth0",
-                host=config.binding.host, tags=[_sandbox_tag(name)], name=name,
+                host=config.binding.host, tags=[sandbox_tag(name)], name=name,
                 active_timeout=config.neutron.port_active_timeout)
             sandboxes.append(Sandbox(
                 netns=name, port_id=attachment.port.id, mac=attachment.port.mac,
@@ -115,7 +115,7 @@ async def _ensure_network(neutron: client.Neutron, *,
 
 async def _detach_sandbox(neutron: client.Neutron, binders: dict[str, binding.Binder],
                           name: str) -> None:
-    for port in await neutron.list_ports(tags=[_sandbox_tag(name)]):
+    for port in await neutron.list_ports(tags=[sandbox_tag(name)]):
         await lifecycle.detach(neutron, binders, port_id=port.id, netns=name, ifname="eth0")
 
 

@@ -1,4 +1,4 @@
-"""``kuryr``: the root command group. Sub-commands live one module each and are registered here.
+"""``kuryr``: the root command group. Sub-commands live one module each, listed in ``_COMMANDS``.
 
 Errors that kuryr raises on purpose are printed as one line (``Error: ...``) with exit code 1;
 a traceback means a bug.
@@ -6,6 +6,7 @@ a traceback means a bug.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -14,14 +15,33 @@ import click
 
 import kuryr
 from kuryr import errors
-from kuryr.cli import cloud as cli_cloud
-from kuryr.cli import daemon as cli_daemon
-from kuryr.cli import demo as cli_demo
-from kuryr.cli import install_cni as cli_install_cni
-from kuryr.cli import libnetwork as cli_libnetwork
+
+# Sub-command -> "module:attribute". Imported only when that command runs, so that
+# `kuryr cloud up` does not pay for openstacksdk or aiohttp.
+_COMMANDS = {
+    "cloud": "kuryr.cli.cloud:cloud",
+    "daemon": "kuryr.cli.daemon:daemon",
+    "demo": "kuryr.cli.demo:demo",
+    "install-cni": "kuryr.cli.install_cni:install_cni",
+    "libnetwork": "kuryr.cli.libnetwork:libnetwork",
+}
 
 
 class _Group(click.Group):
+    """Loads sub-commands lazily and prints kuryr's own errors without a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attribute = target.split(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -41,10 +61,3 @@ def main(debug: bool) -> None:
     """
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-main.add_command(cli_cloud.cloud)
-main.add_command(cli_demo.demo)
-main.add_command(cli_daemon.daemon)
-main.add_command(cli_install_cni.install_cni)
-main.add_command(cli_libnetwork.libnetwork)

@@ -52,7 +52,11 @@ def exists(netns: str) -> bool:
 
 def create(name: str) -> str:
     """Create a named namespace (``ip netns add``); returns its path. Idempotent."""
-    _netns.create(name)
+    if not exists(name):
+        try:
+            _netns.create(name)
+        except FileExistsError:
+            pass  # made meanwhile by someone else: the same outcome
     return str(NETNS_RUN_DIR / name)
 
 

@@ -1,0 +1,185 @@
+"""Installing what the local cloud runs: Debian packages (Open vSwitch, OVN, MariaDB) when
+missing, and Neutron in a virtualenv of its own, pinned by the constraints file shipped in
+``kuryr/cloud/data``.
+
+Owns the package lists, the pins and the install marker. Idempotent: a second call finds
+everything in place and returns at once. Does not start or configure anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+
+from kuryr.cloud import commands, layout
+
+APT_PACKAGES = ("openvswitch-switch", "ovn-central", "ovn-host", "mariadb-server", "ethtool",
+                "iputils-ping")
+NEUTRON_VERSION = "29.0.0"
+NEUTRON_REQUIREMENTS = (f"neutron=={NEUTRON_VERSION}", "gunicorn", "pymysql")
+CONSTRAINTS_RESOURCE = "neutron-29-constraints.txt"
+POLICY_RC_D = pathlib.Path("/usr/sbin/policy-rc.d")
+PIP_TIMEOUT = 1200.0
+# pip's configuration here names local indexes that may be absent; pip says so once per
+# package, which is noise.
+_PIP_NOISE = re.compile(r"^WARNING: Location '.*' is ignored")
+
+Progress = Callable[[str], None]
+
+
+def missing_packages(packages: Sequence[str] = APT_PACKAGES) -> list[str]:
+    """The Debian packages of ``packages`` that are not installed."""
+    try:
+        completed = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Package}\t${db:Status-Status}\n", *packages],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=False)
+    except FileNotFoundError:
+        return list(packages)
+    installed = set()
+    for line in completed.stdout.splitlines():
+        name, _, status = line.partition("\t")
+        if status.strip() == "installed":
+            installed.add(name.split(":")[0])
+    return [p for p in packages if p not in installed]
+
+
+def ensure_packages(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
+    """Install the missing Debian packages; True when something was installed.
+
+    Raises CloudError when apt-get fails.
+    """
+    missing = missing_packages()
+    # Debian's own Python makes virtualenvs only with its -venv package.
+    if (sys.base_prefix == "/usr" and not venv_is_current(cloud)
+            and not _base_python_can_make_venvs()):
+        missing.append(f"python3.{sys.version_info.minor}-venv")
+    if not missing:
+        return False
+    _check_root("installing Debian packages")
+    log = cloud.log("apt")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    progress(f"installing Debian packages: {' '.join(missing)}")
+    commands.run(["apt-get", "update", "-q"], step="apt-get update", log=log, env=env,
+                 timeout=600)
+    with _services_not_started():
+        commands.run(["apt-get", "install", "-y", "-q", *missing], step="apt-get install",
+                     log=log, env=env, timeout=1200)
+    still = missing_packages(missing)
+    if still:
+        raise commands.failure("apt-get install", f"still missing: {' '.join(still)}", log)
+    return True
+
+
+@contextlib.contextmanager
+def _services_not_started() -> Iterator[None]:
+    """Keep the packages' own services (a system Open vSwitch, MariaDB) from starting while
+    they install: a second Open vSwitch would collide with the cloud's userspace datapath.
+    Uses Debian's policy-rc.d, unless the machine already has one."""
+    if POLICY_RC_D.exists():
+        yield
+        return
+    POLICY_RC_D.write_text("#!/bin/sh\n# Written by kuryr cloud up during apt-get install.\n"
+                           "exit 101\n", encoding="utf-8")
+    POLICY_RC_D.chmod(0o755)
+    try:
+        yield
+    finally:
+        POLICY_RC_D.unlink(missing_ok=True)
+
+
+def constraints_text() -> str:
+    """The pinned versions of Neutron's dependencies, shipped with kuryr."""
+    resource = importlib.resources.files("kuryr.cloud") / "data" / CONSTRAINTS_RESOURCE
+    return resource.read_text(encoding="utf-8")
+
+
+def fingerprint() -> str:
+    """What an install is made of: pins, requirements and the Python version."""
+    digest = hashlib.sha256()
+    digest.update(constraints_text().encode())
+    digest.update("\n".join(NEUTRON_REQUIREMENTS).encode())
+    digest.update(f"python{sys.version_info.major}.{sys.version_info.minor}".encode())
+    return digest.hexdigest()
+
+
+def venv_is_current(cloud: layout.CloudLayout) -> bool:
+    """True when the virtualenv holds what ``fingerprint`` describes and still runs."""
+    try:
+        marker = cloud.venv_marker.read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    # exists() follows the interpreter symlink: False when the base Python went away.
+    return marker == fingerprint() and cloud.venv_python.exists()
+
+
+def base_python() -> str:
+    """The interpreter to create the virtualenv from: never kuryr's own virtualenv."""
+    if sys.prefix != sys.base_prefix:
+        candidates = [getattr(sys, "_base_executable", ""),
+                      os.path.join(sys.base_prefix, "bin",
+                                   f"python{sys.version_info.major}.{sys.version_info.minor}"),
+                      os.path.join(sys.base_prefix, "bin", "python3")]
+        for candidate in candidates:
+            if (candidate and os.path.exists(candidate)
+                    and not candidate.startswith(sys.prefix + os.sep)):
+                return candidate
+    return sys.executable
+
+
+def ensure_venv(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
+    """Create Neutron's virtualenv unless it is current; True when (re)installed now.
+
+    Raises CloudError when venv creation or pip fails (the half-made venv is removed).
+    """
+    if venv_is_current(cloud):
+        return False
+    log = cloud.log("pip")
+    if cloud.venv.exists():
+        progress(f"replacing the outdated Neutron virtualenv {cloud.venv}")
+        shutil.rmtree(cloud.venv)
+    progress(f"creating Neutron's virtualenv {cloud.venv} (pip, about a minute)")
+    wanted = fingerprint()
+    try:
+        commands.run([base_python(), "-m", "venv", str(cloud.venv)],
+                     step="creating Neutron's virtualenv", log=log)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="kuryr-constraints-",
+                                         encoding="utf-8") as pins:
+            pins.write(constraints_text())
+            pins.flush()
+            commands.run(
+                [str(cloud.venv_python), "-m", "pip", "install", "-q", "-c", pins.name,
+                 *NEUTRON_REQUIREMENTS],
+                step=f"pip install {' '.join(NEUTRON_REQUIREMENTS)}", log=log,
+                env={"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
+                timeout=PIP_TIMEOUT, drop=_PIP_NOISE)
+    except BaseException:
+        shutil.rmtree(cloud.venv, ignore_errors=True)
+        raise
+    cloud.venv_marker.write_text(wanted + "\n", encoding="utf-8")
+    return True
+
+
+def _base_python_can_make_venvs() -> bool:
+    completed = subprocess.run([base_python(), "-c", "import ensurepip, venv"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               check=False)
+    return completed.returncode == 0
+
+
+def _check_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise commands.failure(what, "needs root (run kuryr cloud up as root)", None)
+
+
+def neutron_executable(cloud: layout.CloudLayout, name: str) -> pathlib.Path:
+    """A console script of Neutron's virtualenv (neutron-db-manage, gunicorn, ...)."""
+    return cloud.venv_bin / name

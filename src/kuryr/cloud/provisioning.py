@@ -1,0 +1,149 @@
+"""One-time and every-start setup of the local cloud's data: the OVSDB files of Open vSwitch and
+OVN, this chassis' identity and integration bridge, MariaDB's datadir, Neutron's database, user
+and schema.
+
+Owns what goes into the databases. Each step is idempotent; the slow one-time steps
+(``mariadb-install-db``, ``neutron-db-manage upgrade heads``) leave a marker and are skipped
+when it is there. Does not start daemons (``services``) nor write configuration
+(``rendering``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import uuid
+from collections.abc import Callable
+
+from kuryr.cloud import commands, installing, layout, rendering
+
+VSWITCH_SCHEMA = pathlib.Path("/usr/share/openvswitch/vswitch.ovsschema")
+OVN_NB_SCHEMA = pathlib.Path("/usr/share/ovn/ovn-nb.ovsschema")
+OVN_SB_SCHEMA = pathlib.Path("/usr/share/ovn/ovn-sb.ovsschema")
+MARIADB_MARKER = "mariadb-installed"
+MIGRATED_MARKER = "neutron-db-migrated"
+
+Progress = Callable[[str], None]
+
+
+def system_id(cloud: layout.CloudLayout) -> str:
+    """This chassis' OVN system-id, generated once and kept in the state directory."""
+    try:
+        existing = cloud.system_id_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    new = str(uuid.uuid4())
+    cloud.system_id_file.write_text(new + "\n", encoding="utf-8")
+    return new
+
+
+def ensure_ovsdb_file(cloud: layout.CloudLayout, db: pathlib.Path, schema: pathlib.Path) -> None:
+    """Create the OVSDB file ``db`` from ``schema``, or convert it after a package upgrade.
+
+    Raises CloudError when ovsdb-tool fails.
+    """
+    log = cloud.log("ovsdb-tool")
+    if not db.exists():
+        commands.run(["ovsdb-tool", "create", str(db), str(schema)],
+                     step=f"creating {db.name}", log=log)
+        return
+    answer = commands.run(["ovsdb-tool", "needs-conversion", str(db), str(schema)],
+                          step=f"checking the schema of {db.name}", log=log)
+    if answer.strip() == "yes":
+        commands.run(["ovsdb-tool", "convert", str(db), str(schema)],
+                     step=f"converting {db.name} to the installed schema", log=log)
+
+
+def configure_switch(cloud: layout.CloudLayout) -> None:
+    """Set this chassis' OVN identity and the integration bridge in Open vSwitch's database.
+
+    Needs ovsdb-server running (not ovs-vswitchd). Raises CloudError when ovs-vsctl fails.
+    """
+    ids = {
+        "system-id": system_id(cloud),
+        "hostname": rendering.host_name(),
+        "ovn-remote": f"unix:{cloud.ovn_sb_socket}",
+        "ovn-encap-type": "geneve",
+        "ovn-encap-ip": "127.0.0.1",
+        "ovn-bridge": layout.INTEGRATION_BRIDGE,
+        "ovn-bridge-datapath-type": "netdev",
+    }
+    bridge = layout.INTEGRATION_BRIDGE
+    argv = ["ovs-vsctl", f"--db={cloud.ovsdb_connection}", "--no-wait", "--timeout=10",
+            "init",
+            "--", "--may-exist", "add-br", bridge,
+            "--", "set", "Bridge", bridge, "datapath_type=netdev", "fail-mode=secure",
+            "other-config:disable-in-band=true",
+            "--", "set", "Open_vSwitch", "."]
+    argv += [f'external_ids:{key}="{value}"' for key, value in ids.items()]
+    commands.run(argv, step="configuring Open vSwitch", log=cloud.log("ovs-vsctl"),
+                 env=cloud.tool_environment())
+
+
+def remove_bridge(cloud: layout.CloudLayout) -> None:
+    """Delete the integration bridge through ovs-vswitchd, which then removes its tap devices
+    (they outlive a stopped ovs-vswitchd). Raises CloudError when ovs-vsctl fails."""
+    commands.run(["ovs-vsctl", f"--db={cloud.ovsdb_connection}", "--timeout=10",
+                  "--if-exists", "del-br", layout.INTEGRATION_BRIDGE],
+                 step="deleting the integration bridge", log=cloud.log("ovs-vsctl"),
+                 env=cloud.tool_environment())
+
+
+def init_ovn_databases(cloud: layout.CloudLayout) -> None:
+    """Give the OVN databases their global rows (idempotent). Raises CloudError."""
+    log = cloud.log("ovn-ctl")
+    commands.run(["ovn-nbctl", f"--db=unix:{cloud.ovn_nb_socket}", "--timeout=10", "init"],
+                 step="initialising the OVN northbound database", log=log)
+    commands.run(["ovn-sbctl", f"--db=unix:{cloud.ovn_sb_socket}", "--timeout=10", "init"],
+                 step="initialising the OVN southbound database", log=log)
+
+
+def ensure_mariadb_datadir(cloud: layout.CloudLayout, *, progress: Progress) -> None:
+    """Run mariadb-install-db once (a half-made datadir is wiped first). Raises CloudError."""
+    marker = cloud.marker(MARIADB_MARKER)
+    if marker.exists():
+        return
+    progress("creating MariaDB's datadir")
+    shutil.rmtree(cloud.mysql_dir, ignore_errors=True)
+    cloud.mysql_dir.mkdir(parents=True)
+    commands.run(["mariadb-install-db", "--no-defaults", "--user=root",
+                  f"--datadir={cloud.mysql_dir}", "--auth-root-authentication-method=socket",
+                  "--skip-test-db"],
+                 step="mariadb-install-db", log=cloud.log("mariadb-install-db"), timeout=300)
+    marker.touch()
+
+
+def ensure_neutron_database(cloud: layout.CloudLayout) -> None:
+    """Create Neutron's database and user (and reset its password). Raises CloudError."""
+    password = rendering.db_password(cloud).replace("\\", "\\\\").replace("'", "\\'")
+    db, user = rendering.NEUTRON_DB, rendering.NEUTRON_DB_USER
+    statements = [f"CREATE DATABASE IF NOT EXISTS {db} CHARACTER SET utf8mb4"]
+    for host in (layout.MARIADB_HOST, "localhost"):
+        statements += [
+            f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{password}'",
+            f"ALTER USER '{user}'@'{host}' IDENTIFIED BY '{password}'",
+            f"GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'{host}'",
+        ]
+    commands.run(["mariadb", "--no-defaults", f"--socket={cloud.mysql_socket}", "--user=root",
+                  "--batch"],
+                 step="creating Neutron's database", log=cloud.log("mariadb-client"),
+                 stdin=";\n".join(statements) + ";\n", timeout=60)
+
+
+def ensure_neutron_schema(cloud: layout.CloudLayout, *, progress: Progress) -> None:
+    """``neutron-db-manage upgrade heads`` once per Neutron version. Raises CloudError."""
+    marker = cloud.marker(MIGRATED_MARKER)
+    try:
+        if marker.read_text(encoding="utf-8").strip() == installing.NEUTRON_VERSION:
+            return
+    except FileNotFoundError:
+        pass
+    progress("creating Neutron's database schema (neutron-db-manage upgrade heads)")
+    commands.run([str(cloud.venv_bin / "neutron-db-manage"),
+                  "--config-file", str(cloud.neutron_conf),
+                  "--config-file", str(cloud.ml2_conf), "upgrade", "heads"],
+                 step="neutron-db-manage upgrade heads", log=cloud.log("neutron-db-manage"),
+                 timeout=600)
+    marker.write_text(installing.NEUTRON_VERSION + "\n", encoding="utf-8")
