@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import ipaddress
 import os
 import pathlib
 import socket
@@ -60,24 +61,79 @@ class BindingSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CniDaemonSettings:
+    """The node daemon serving CNI requests (``kuryr daemon``) and its warm port pool."""
+
+    socket: str = "/run/kuryr/kuryr-cni.sock"
+    health_address: str = "127.0.0.1"
+    health_port: int = 8090
+    # How long ADD waits for a new port to become ACTIVE.
+    port_active_timeout: float = 30.0
+    # The warm pool: ready ports per (network, security groups); off by default standalone.
+    pool_enabled: bool = False
+    pool_size: int = 3
+    pool_batch: int = 5
+    # How long a request waits for its container's lock before the runtime hears "busy" (11).
+    lock_timeout: float = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LibnetworkSettings:
+    """The Docker remote network and IPAM driver (``kuryr libnetwork``).
+
+    ``scope`` is what ``GetCapabilities`` answers (``local``: networks of this Docker host;
+    ``global``: shared by a swarm). The default pools are the Neutron subnet pools a network
+    created without ``--subnet`` takes its prefix from; ``wait_active`` makes ``Join`` wait
+    until Neutron reports the port ACTIVE, so a container's first packet is not lost.
+    """
+
+    socket_path: str = "/run/docker/plugins/kuryr.sock"
+    scope: str = "local"
+    default_pool_v4: str = "10.250.0.0/16"
+    default_prefixlen_v4: int = 24
+    default_pool_v6: str = "fd25:6b75:7279::/48"
+    default_prefixlen_v6: int = 64
+    wait_active: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("local", "global"):
+            raise errors.ConfigError(
+                f"[libnetwork] scope = {self.scope!r}: must be 'local' or 'global'")
+        for option, version in (("default_pool_v4", 4), ("default_pool_v6", 6)):
+            value = getattr(self, option)
+            try:
+                network = ipaddress.ip_network(value)
+            except ValueError as e:
+                raise errors.ConfigError(f"[libnetwork] {option} = {value!r}: {e}") from e
+            if network.version != version:
+                raise errors.ConfigError(
+                    f"[libnetwork] {option} = {value!r}: not an IPv{version} prefix")
+
+
+@dataclasses.dataclass(frozen=True)
 class KuryrSettings:
     """Everything kuryr reads from its configuration."""
 
     cluster_id: str = "kuryr"
     neutron: NeutronSettings = dataclasses.field(default_factory=NeutronSettings)
     binding: BindingSettings = dataclasses.field(default_factory=BindingSettings)
+    cni_daemon: CniDaemonSettings = dataclasses.field(default_factory=CniDaemonSettings)
+    libnetwork: LibnetworkSettings = dataclasses.field(default_factory=LibnetworkSettings)
     source: str | None = None
 
 
 # Section and option names as they appear in kuryr.conf, mapped to the dataclass holding them.
-_SECTIONS: dict[str, type[NeutronSettings] | type[BindingSettings]] = {
+_SECTIONS: dict[str, type[NeutronSettings] | type[BindingSettings] | type[CniDaemonSettings]
+                | type[LibnetworkSettings]] = {
     "neutron": NeutronSettings,
     "binding": BindingSettings,
+    "cni_daemon": CniDaemonSettings,
+    "libnetwork": LibnetworkSettings,
 }
 # Upstream kuryr.conf names that we accept as aliases of ours.
 _ALIASES = {("ovs", "bridge"): ("binding", "ovs_bridge")}
 # Sections read by the components that own them, not by these settings.
-_FOREIGN_SECTIONS = frozenset({"kubernetes", "cni_daemon", "pool_manager", "libnetwork"})
+_FOREIGN_SECTIONS = frozenset({"kubernetes", "pool_manager"})
 _T = typing.TypeVar("_T")
 
 
@@ -155,10 +211,13 @@ def from_parser(parser: configparser.ConfigParser, *, environ: Mapping[str, str]
             top["cluster_id"] = value
     neutron = _build(NeutronSettings, "neutron", values["neutron"])
     binding = _build(BindingSettings, "binding", values["binding"])
+    libnetwork = _build(LibnetworkSettings, "libnetwork", values["libnetwork"])
+    cni_daemon = _build(CniDaemonSettings, "cni_daemon", values["cni_daemon"])
     cluster_id = top.get("cluster_id", "kuryr")
     if not cluster_id or any(c.isspace() or c == "," for c in cluster_id):
         raise errors.ConfigError(f"cluster_id {cluster_id!r} must be a word without ',' or spaces")
-    return KuryrSettings(cluster_id=cluster_id, neutron=neutron, binding=binding, source=source)
+    return KuryrSettings(cluster_id=cluster_id, neutron=neutron, binding=binding,
+                         cni_daemon=cni_daemon, libnetwork=libnetwork, source=source)
 
 
 def _build(cls: type[_T], section: str, raw: dict[str, str]) -> _T:
@@ -175,6 +234,13 @@ def _build(cls: type[_T], section: str, raw: dict[str, str]) -> _T:
 
 def _convert(section: str, option: str, value: str, type_name: object) -> object:
     kind = str(type_name)
+    if kind == "bool":
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise errors.ConfigError(f"[{section}] {option} = {value!r}: not a boolean (true/false)")
     try:
         if kind.startswith("float"):
             number = float(value)

@@ -4,6 +4,7 @@ creating and removing named ones. Does not configure anything inside a namespace
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 
@@ -53,10 +54,8 @@ def exists(netns: str) -> bool:
 def create(name: str) -> str:
     """Create a named namespace (``ip netns add``); returns its path. Idempotent."""
     if not exists(name):
-        try:
+        with contextlib.suppress(FileExistsError):  # made meanwhile: the same outcome
             _netns.create(name)
-        except FileExistsError:
-            pass  # made meanwhile by someone else: the same outcome
     return str(NETNS_RUN_DIR / name)
 
 

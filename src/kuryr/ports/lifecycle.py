@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from kuryr import binding, errors, model
+from kuryr.linux import interfaces, namespaces
 from kuryr.neutron import client, resources
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
     Raises NotFoundError, QuotaExceededError, PermanentError, TemporaryError (Neutron or the
     ACTIVE bound), NamespaceNotFoundError, BindingError. Nothing is left behind on failure.
     """
+    # Cheap checks first: a bad name or a missing namespace costs no Neutron round trip.
+    interfaces.check_ifname(ifname)
+    namespaces.resolve(netns)
     async with contextlib.AsyncExitStack() as undo:
         port = await neutron.create_port(
             network_id, tags=tags, name=name, host_id=host, device_owner=DEVICE_OWNER,

@@ -1,0 +1,157 @@
+"""Docker objects <-> Neutron resources, by tags only (the driver keeps no state of its own).
+
+A Docker network is the Neutron network (and subnets) tagged ``kuryr-docker-network=<id>``;
+one that kuryr adopted rather than created also carries ``kuryr-docker-adopted=<id>``, so
+removing the Docker network only takes kuryr's tags off. An IPAM pool is a Neutron subnet pool
+tagged ``kuryr-docker-pool=<cluster>:<address>_<prefix length>`` for every Docker pool it
+serves; the subnet made for it carries the same tag. An address is a port tagged with its
+Docker network; an endpoint is that port, also tagged ``kuryr-docker-endpoint=<id>``.
+
+Owns the tag vocabulary, the pool ID format and the lookups; decides nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+
+from kuryr import errors
+from kuryr.neutron import client, resources, tagging
+
+NETWORK = "docker-network"
+ADOPTED = "docker-adopted"
+INTERNAL = "docker-internal"
+POOL = "docker-pool"
+OWN_POOL = "docker-own-pool"
+DEFAULT_POOL = "docker-default-pool"
+ENDPOINT = "docker-endpoint"
+
+# A port that holds an address for Docker but is not (yet) an endpoint.
+RESERVED_OWNER = "kuryr:docker"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network_tag(network_id: str) -> str:
+    return tagging.owner(NETWORK, network_id)
+
+
+def adopted_tag(network_id: str) -> str:
+    return tagging.owner(ADOPTED, network_id)
+
+
+def internal_tag(network_id: str) -> str:
+    return tagging.owner(INTERNAL, network_id)
+
+
+def endpoint_tag(endpoint_id: str) -> str:
+    return tagging.owner(ENDPOINT, endpoint_id)
+
+
+def pool_tag(cluster_id: str, cidr: IPNetwork) -> str:
+    """The tag of a subnet pool, and of the subnet, serving the Docker pool ``cidr``."""
+    return tagging.owner(POOL, _cidr_value(cluster_id, cidr))
+
+
+def own_pool_tag(cluster_id: str, cidr: IPNetwork) -> str:
+    """On a subnet pool kuryr made for one Docker pool: deleted when no longer used."""
+    return tagging.owner(OWN_POOL, _cidr_value(cluster_id, cidr))
+
+
+def _cidr_value(cluster_id: str, cidr: IPNetwork) -> str:
+    # Neutron removes one tag through a URL path (DELETE .../tags/<tag>): no '/' may be in it.
+    return f"{cluster_id}:{cidr.network_address}_{cidr.prefixlen}"
+
+
+def reserved_cidrs(tags: tuple[str, ...]) -> list[IPNetwork]:
+    """The CIDRs that Docker pools (of any kuryr cluster) hold on a subnet pool."""
+    prefix = f"kuryr-{POOL}="
+    found: list[IPNetwork] = []
+    for tag in tags:
+        if tag.startswith(prefix):
+            _, _, value = tag[len(prefix):].partition(":")
+            with contextlib.suppress(ValueError):
+                found.append(ipaddress.ip_network(value.replace("_", "/")))
+    return found
+
+
+def default_pool_tag(version: int) -> str:
+    return tagging.owner(DEFAULT_POOL, f"v{version}")
+
+
+def expose_group_name(endpoint_id: str) -> str:
+    """The security group opening an endpoint's exposed ports."""
+    return f"kuryr-docker-expose-{endpoint_id}"
+
+
+def peer_ifname(port_id: str) -> str:
+    """The container end's name in the host namespace, Docker's ``SrcName`` (Docker moves it
+    into the container and renames it ``eth<N>``)."""
+    return ("kd" + port_id)[:14]  # a Linux interface name has at most 15 characters
+
+
+def encode_pool_id(subnet_pool_id: str, cidr: IPNetwork) -> str:
+    """A Docker pool ID names the Neutron subnet pool and the CIDR taken from it."""
+    return f"{subnet_pool_id}@{cidr}"
+
+
+def decode_pool_id(pool_id: str) -> tuple[str, IPNetwork]:
+    """Raises PermanentError for an ID that kuryr did not make."""
+    subnet_pool_id, _, cidr = pool_id.partition("@")
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError:
+        raise errors.PermanentError(
+            f"pool ID {pool_id!r} was not made by kuryr's IPAM (expected <subnet pool>@<cidr>); "
+            "use --ipam-driver kuryr when creating the network") from None
+    if not subnet_pool_id:
+        raise errors.PermanentError(f"pool ID {pool_id!r} names no Neutron subnet pool")
+    return subnet_pool_id, network
+
+
+def is_adopted(resource_tags: tuple[str, ...], network_id: str) -> bool:
+    return adopted_tag(network_id) in resource_tags
+
+
+async def find_network(neutron: client.Neutron, network_id: str) -> resources.Network | None:
+    """The Neutron network of a Docker network, or None."""
+    found = await neutron.list_networks(tags=[network_tag(network_id)])
+    return found[0] if found else None
+
+
+async def require_network(neutron: client.Neutron, network_id: str) -> resources.Network:
+    """Raises NotFoundError naming what to do."""
+    found = await find_network(neutron, network_id)
+    if found is None:
+        raise errors.NotFoundError(
+            f"Docker network {network_id[:12]} has no Neutron network tagged "
+            f"{network_tag(network_id)}: it was not created with -d kuryr against this Neutron, "
+            "or its Neutron network was removed; remove and recreate the Docker network")
+    return found
+
+
+async def subnets_of_pool(neutron: client.Neutron, cluster_id: str,
+                          cidr: IPNetwork) -> list[resources.Subnet]:
+    return await neutron.list_subnets(tags=[pool_tag(cluster_id, cidr)])
+
+
+async def endpoint_ports(neutron: client.Neutron, endpoint_id: str) -> list[resources.Port]:
+    return await neutron.list_ports(tags=[endpoint_tag(endpoint_id)])
+
+
+async def require_endpoint_port(neutron: client.Neutron, endpoint_id: str) -> resources.Port:
+    """Raises NotFoundError naming what to do."""
+    found = await endpoint_ports(neutron, endpoint_id)
+    if not found:
+        raise errors.NotFoundError(
+            f"endpoint {endpoint_id[:12]} has no Neutron port tagged {endpoint_tag(endpoint_id)}"
+            ": its port was removed behind Docker's back; disconnect and reconnect the "
+            "container")
+    return found[0]
+
+
+async def ports_with_address(neutron: client.Neutron, *, network_id: str,
+                             address: ipaddress.IPv4Address | ipaddress.IPv6Address
+                             ) -> list[resources.Port]:
+    return await neutron.list_ports(network_id=network_id,
+                                    fixed_ips=[f"ip_address={address}"])
