@@ -14,10 +14,11 @@ $(VENV)/.installed: pyproject.toml
 ## setup: a virtualenv in .venv with kuryr (editable) and the test tools
 setup: $(VENV)/.installed
 
-## demo: the main job: local Neutron cloud up, two sandboxes on a Neutron network pinging
+## demo: the main job: local Neutron cloud up; two sandboxes, Docker and podman containers on
+##       one Neutron network, pinging (DEMO_WITH=docker,podman|none; default: those installed)
 demo: setup
 	$(KURYR) cloud up
-	$(KURYR) demo up
+	$(KURYR) demo up $(if $(DEMO_WITH),--with $(DEMO_WITH))
 
 demo-down: setup
 	$(KURYR) demo down

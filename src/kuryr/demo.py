@@ -3,7 +3,8 @@
 ``up`` makes (or finds) a tagged network with an IPv4 and an IPv6 subnet, attaches one port per
 sandbox with the shared port lifecycle, and pings between them both ways with both families.
 ``down`` removes all of it. Everything made is tagged ``kuryr-demo=...`` so nothing else is
-ever touched.
+ever touched. Containers on the same network are ``kuryr.demo_runtimes``'s; ``down`` removes
+any port they left on the demo network.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def sandbox_tag(netns: str) -> str:
 
 
 async def up(config: settings.KuryrSettings, *,
-             say: Callable[[str], None]) -> tuple[list[Sandbox], list[Ping]]:
-    """Build the demo (idempotent: an earlier demo is replaced). Raises KuryrError."""
+             say: Callable[[str], None]) -> tuple[str, list[Sandbox], list[Ping]]:
+    """Build the demo (idempotent: an earlier demo is replaced); returns the network's ID too.
+    Raises KuryrError."""
     neutron = client.Neutron.from_settings(config)
     binders = binding.binders(config.binding)
     try:
@@ -69,7 +71,7 @@ async def up(config: settings.KuryrSettings, *,
         for source, target in ((sandboxes[0], sandboxes[1]), (sandboxes[1], sandboxes[0])):
             for address in target.addresses:
                 pings.append(await _ping(source.netns, address.split("/")[0]))
-        return sandboxes, pings
+        return net.id, sandboxes, pings
     finally:
         for b in binders.values():
             b.close()
@@ -86,6 +88,10 @@ async def down(config: settings.KuryrSettings, *, say: Callable[[str], None]) ->
             await _detach_sandbox(neutron, binders, name)
             await asyncio.to_thread(namespaces.remove, name)
         for net in await neutron.list_networks(tags=[NETWORK_TAG]):
+            for port in await neutron.list_ports(network_id=net.id):
+                if port.device_owner.startswith("compute:"):  # left by a container
+                    say(f"removing port {port.id} left on the demo network")
+                    await lifecycle.detach(neutron, binders, port_id=port.id)
             say(f"deleting network {net.name} ({net.id})")
             for subnet in await neutron.list_subnets(network_id=net.id):
                 await neutron.delete_subnet(subnet.id)

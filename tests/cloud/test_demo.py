@@ -1,16 +1,25 @@
 """The README's main job: `kuryr demo up` shows two sandboxes on Neutron ports pinging over
-IPv4 and IPv6, and `kuryr demo down` leaves no port, namespace or network behind."""
+IPv4 and IPv6, Docker and podman containers (those installed) on the same network pinging each
+other and the sandboxes, and `kuryr demo down` leaves no port, namespace, network, container or
+process behind."""
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from kuryr import demo, settings
+from kuryr import demo, demo_runtimes, settings
 from kuryr.linux import namespaces
 from kuryr.neutron import client
+from tests.conftest import unavailable
+
+SANDBOX_PINGS = 4  # 2 sandboxes x (IPv4 + IPv6)
+RUNTIME_PINGS = 3  # per runtime: container -> container, and to/from a sandbox or Docker
 
 
 def _kuryr(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -18,19 +27,80 @@ def _kuryr(*argv: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
+def _processes_under(path: pathlib.Path) -> list[str]:
+    """Command lines of live processes naming ``path`` (dockerd, containerd, shims, conmon)."""
+    found = []
+    for proc in pathlib.Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            is_zombie = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError, ValueError):
+            continue
+        if str(path) in cmdline and not is_zombie:
+            found.append(cmdline)
+    return found
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _host_leftovers(pids: list[int]) -> list[str]:
+    """What the demo's runtimes left on this host: processes, files, mounts, Docker network."""
+    left = [f"pid {pid}" for pid in pids if _is_running(pid)]
+    left += _processes_under(demo_runtimes.WORKDIR)
+    left += [str(p) for p in (demo_runtimes.WORKDIR, demo_runtimes.STATE_FILE,
+                              demo_runtimes.PLUGIN_DIR / f"{demo_runtimes.NAME}.sock")
+             if p.exists()]
+    left += [line for line in pathlib.Path("/proc/self/mounts").read_text().splitlines()
+             if str(demo_runtimes.WORKDIR) in line]
+    if os.path.exists(demo_runtimes.SYSTEM_DOCKER.removeprefix("unix://")):
+        listed = subprocess.run(["docker", "network", "ls", "-q", "-f",
+                                 f"name={demo_runtimes.NAME}"], capture_output=True, text=True)
+        left += [f"docker network {n}" for n in listed.stdout.split()]
+    return left
+
+
 @pytest.mark.usefixtures("cloud_config")
 async def test_demo_up_and_down(neutron: client.Neutron) -> None:
+    runtimes, skipped = demo_runtimes.select(None)
+    if skipped:
+        unavailable(f"runtimes missing: {skipped}")
+    with_ = ",".join(runtimes) or "none"
+    pids: list[int] = []
     try:
-        up = _kuryr("demo", "up")
+        up = _kuryr("demo", "up", "--with", with_)
         assert up.returncode == 0, up.stdout + up.stderr
-        assert up.stdout.count("ok  ") == 4, up.stdout  # 2 sandboxes x (IPv4 + IPv6)
+        assert up.stdout.count("ok  ") == SANDBOX_PINGS + RUNTIME_PINGS * len(runtimes), \
+            up.stdout
         assert "FAIL" not in up.stdout
         assert "kuryr demo down" in up.stdout
+        for runtime in runtimes:
+            assert f"{runtime} a " in up.stdout and f"{runtime} b " in up.stdout, up.stdout
         ports = await neutron.list_ports(device_owner="compute:kuryr",
                                          tags=[demo.sandbox_tag(demo.SANDBOXES[0])])
         assert len(ports) == 1 and ports[0].status == "ACTIVE"
-        again = _kuryr("demo", "up")  # idempotent: replaces the earlier sandboxes
+        (net,) = await neutron.list_networks(tags=[demo.NETWORK_TAG])
+        on_net = [p for p in await neutron.list_ports(network_id=net.id)
+                  if p.device_owner == "compute:kuryr"]
+        assert len(on_net) == 2 + 2 * len(runtimes)
+        assert all(p.status == "ACTIVE" for p in on_net)
+        if runtimes:
+            state = json.loads(demo_runtimes.STATE_FILE.read_text())
+            pids = [p["pid"] for p in state["processes"]]
+            assert all(_is_running(pid) for pid in pids)
+
+        again = _kuryr("demo", "up", "--with", with_)  # idempotent: replaces the earlier demo
         assert again.returncode == 0, again.stdout + again.stderr
+        assert "FAIL" not in again.stdout
+        assert not any(_is_running(pid) for pid in pids), "the first demo's processes stopped"
+        if runtimes:
+            state = json.loads(demo_runtimes.STATE_FILE.read_text())
+            pids = [p["pid"] for p in state["processes"]]
     finally:
         down = _kuryr("demo", "down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -38,6 +108,10 @@ async def test_demo_up_and_down(neutron: client.Neutron) -> None:
     assert await neutron.list_networks(tags=[demo.NETWORK_TAG]) == []
     for name in demo.SANDBOXES:
         assert await neutron.list_ports(tags=[demo.sandbox_tag(name)]) == []
+    assert await neutron.list_ports(network_id=net.id) == []
+    assert _host_leftovers(pids) == []
+    again = _kuryr("demo", "down")  # idempotent
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_demo_without_neutron_configured_says_what_to_do(tmp_path: object) -> None:
@@ -49,3 +123,11 @@ def test_demo_without_neutron_configured_says_what_to_do(tmp_path: object) -> No
     assert "Error: Neutron is not configured" in result.stderr
     assert "Traceback" not in result.stderr
     assert isinstance(settings.load(conf), settings.KuryrSettings)
+
+
+@pytest.mark.usefixtures("cloud_config")
+def test_demo_refuses_an_unknown_runtime() -> None:
+    result = _kuryr("demo", "up", "--with", "docker,rkt")
+    assert result.returncode == 1
+    assert "Error: --with: unknown runtime rkt" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""``kuryr demo up|down``: two sandboxes on a Neutron network, pinging each other."""
+"""``kuryr demo up|down``: two sandboxes, and Docker and podman containers, on a Neutron
+network, pinging each other."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import click
 
 from kuryr import demo as demo_job
-from kuryr import settings
+from kuryr import demo_runtimes, settings
 
 
 @click.group()
@@ -21,26 +22,50 @@ def demo() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="kuryr.conf to read (default: $KURYR_CONFIG, /etc/kuryr/kuryr.conf, "
                    "then the local cloud's).")
-def up(config_file: str | None) -> None:
-    """Plug two network namespaces onto a Neutron network and ping between them."""
+@click.option("--with", "with_", metavar="docker,podman|none",
+              help="Container runtimes to show beside the sandboxes (default: those "
+                   "installed; 'none': the sandboxes only).")
+def up(config_file: str | None, with_: str | None) -> None:
+    """Plug two network namespaces onto a Neutron network, run Docker and podman containers on
+    it, and ping between them."""
     demo_job.check_root()
     config = settings.load(config_file)
+    runtimes, skipped = demo_runtimes.select(with_)
     started = time.monotonic()
 
     def say(text: str) -> None:
         click.echo(f"[{time.monotonic() - started:5.1f}s] {text}")
 
-    sandboxes, pings = asyncio.run(demo_job.up(config, say=say))
-    click.echo("\nSandboxes on Neutron network " + demo_job.NETWORK_NAME + ":")
-    click.echo(f"  {'netns':<14} {'port':<36} {'mac':<17} {'status':<7} addresses")
-    for s in sandboxes:
-        click.echo(f"  {s.netns:<14} {s.port_id:<36} {s.mac:<17} {s.status:<7} "
-                   + ", ".join(s.addresses))
+    async def run() -> tuple[list[demo_job.Sandbox], list[demo_runtimes.Container],
+                             list[demo_job.Ping | demo_runtimes.Ping]]:
+        network_id, sandboxes, pings = await demo_job.up(config, say=say)
+        v4 = [(s.netns, next(a for a in s.addresses if ":" not in a).split("/")[0])
+              for s in sandboxes]
+        containers, more = await demo_runtimes.up(
+            config, runtimes, network_id=network_id, cidr=demo_job.SUBNETS[0][0],
+            sandboxes=v4, say=say)
+        return sandboxes, containers, [*pings, *more]
+
+    for runtime, reason in skipped.items():
+        click.echo(f"skipped {runtime}: {reason}")
+    sandboxes, containers, pings = asyncio.run(run())
+    click.echo(f"\nUp in {time.monotonic() - started:.1f} s. On Neutron network "
+               f"{demo_job.NETWORK_NAME}:")
+    click.echo(f"  {'netns / container':<22} {'port':<36} {'mac':<17} {'status':<7} addresses")
+    rows = [(f"netns {s.netns}", s.port_id, s.mac, s.status, s.addresses) for s in sandboxes]
+    rows += [(f"{c.runtime} {c.name.removeprefix('kuryr-demo-' + c.runtime + '-')}", c.port_id,
+              c.mac, c.status, c.addresses) for c in containers]
+    for name, port_id, mac, status, addresses in rows:
+        click.echo(f"  {name:<22} {port_id:<36} {mac:<17} {status:<7} " + ", ".join(addresses))
+    for runtime, reason in skipped.items():
+        click.echo(f"skipped {runtime}: {reason}")
     click.echo("\nPings:")
     for p in pings:
         mark = click.style("ok  ", fg="green") if p.ok else click.style("FAIL", fg="red")
         click.echo(f"  {mark} {p.source} -> {p.target}: {p.summary}")
     click.echo("\nLook around:  ip netns exec kuryr-demo-a ip addr show eth0")
+    if "docker" in runtimes:
+        click.echo(f"              docker -H {demo_runtimes.docker_host()} ps")
     click.echo("              openstack port list --device-owner compute:kuryr   "
                "(after: eval \"$(kuryr cloud env)\")")
     click.echo("Tear down:    kuryr demo down")
@@ -52,7 +77,8 @@ def up(config_file: str | None) -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="kuryr.conf to read (as for 'up').")
 def down(config_file: str | None) -> None:
-    """Remove the demo's sandboxes, ports and network."""
+    """Remove the demo's containers, the processes it started, its sandboxes, ports and
+    network."""
     demo_job.check_root()
     config = settings.load(config_file)
     started = time.monotonic()
@@ -60,5 +86,6 @@ def down(config_file: str | None) -> None:
     def say(text: str) -> None:
         click.echo(f"[{time.monotonic() - started:5.1f}s] {text}")
 
+    demo_runtimes.teardown(say=say)
     asyncio.run(demo_job.down(config, say=say))
     click.echo("demo removed")
