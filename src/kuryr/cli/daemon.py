@@ -1,0 +1,69 @@
+"""``kuryr daemon``: the node daemon serving CNI requests (standalone mode: podman,
+containerd). Runs in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+
+import click
+
+from kuryr import settings
+from kuryr.daemon import server
+
+LOG = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="kuryr.conf to read (default: $KURYR_CONFIG, /etc/kuryr/kuryr.conf, the "
+                   "local cloud's).")
+@click.option("--socket", "socket_path", help="Unix socket for CNI requests "
+              "([cni_daemon] socket; default /run/kuryr/kuryr-cni.sock).")
+@click.option("--health-port", type=int, help="Loopback port of /healthz and /readyz "
+              "([cni_daemon] health_port; default 8090).")
+@click.option("--pool/--no-pool", default=None, help="Keep warm ports ready "
+              "([cni_daemon] pool_enabled; default off).")
+def daemon(config_file: str | None, socket_path: str | None, health_port: int | None,
+           pool: bool | None) -> None:
+    """Serve CNI requests from the kuryr CNI executable on a root-only unix socket."""
+    config = settings.load(config_file)
+    changes: dict[str, object] = {}
+    if socket_path:
+        changes["socket"] = socket_path
+    if health_port is not None:
+        changes["health_port"] = health_port
+    if pool is not None:
+        changes["pool_enabled"] = pool
+    config = dataclasses.replace(
+        config, cni_daemon=dataclasses.replace(config.cni_daemon, **changes))  # type: ignore[arg-type]
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    asyncio.run(_run(config))
+
+
+async def _run(config: settings.KuryrSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    daemon_pid = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Not loop.add_signal_handler: its wakeup fd is inherited by the children pyroute2
+        # forks for namespace work, so a SIGTERM to such a child (measured: pyroute2 sends one
+        # when it closes a netns socket) would stop the daemon. A child runs this handler with
+        # its own pid and dies as it should.
+        if os.getpid() != daemon_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        LOG.info("kuryr daemon stopping on %s", signal.Signals(signum).name)
+        loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    await server.serve(config, stop=stop)
+    LOG.info("kuryr daemon stopped")

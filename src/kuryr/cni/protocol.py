@@ -1,0 +1,229 @@
+"""A CNI request as plain data: the runtime's ``CNI_*`` environment and the network
+configuration on stdin, parsed and validated into frozen dataclasses.
+
+Owns what a valid request is for each command and spec version (which variables are required,
+which config keys kuryr reads) and the errors (codes 1, 4, 6, 7) for invalid ones. It does no
+I/O; results live in ``results``, codes in ``codes``.
+
+kuryr's keys in a network configuration: ``network`` (Neutron network name or ID, required),
+``subnet`` (name or ID), ``securityGroups`` (names or IDs), ``project`` (ID), ``mtu``,
+``daemonSocket`` (the daemon's unix socket, read by the shim).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from kuryr.cni import codes
+
+SUPPORTED_VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST = SUPPORTED_VERSIONS[-1]
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+# The first spec version that has each command.
+_SINCE = {"ADD": "0.1.0", "DEL": "0.1.0", "VERSION": "0.1.0", "CHECK": "0.4.0",
+          "STATUS": "1.1.0", "GC": "1.1.0"}
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_IFNAMSIZ = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class AttachmentKey:
+    """One container interface as the runtime names it."""
+
+    container_id: str
+    ifname: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NetConf:
+    """The network configuration given on stdin (kuryr's keys translated)."""
+
+    cni_version: str
+    name: str
+    network: str
+    subnet: str | None = None
+    security_groups: tuple[str, ...] | None = None
+    project: str | None = None
+    mtu: int | None = None
+    daemon_socket: str | None = None
+    prev_result: Mapping[str, Any] | None = None
+    valid_attachments: tuple[AttachmentKey, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One CNI invocation."""
+
+    command: str
+    config: NetConf
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    cni_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def key(self) -> AttachmentKey:
+        return AttachmentKey(self.container_id, self.ifname)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in version.split("."))
+    except ValueError:
+        return (0,)
+
+
+def parse_config(stdin: str | bytes | Mapping[str, Any]) -> NetConf:
+    """Parse the network configuration. Raises CniError 6 (not JSON), 1 (unsupported
+    cniVersion), 7 (invalid)."""
+    raw = _decode(stdin)
+    version = raw.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise codes.CniError(codes.INVALID_CONFIG, "the network configuration has no cniVersion")
+    if version not in SUPPORTED_VERSIONS:
+        raise codes.CniError(
+            codes.INCOMPATIBLE_VERSION,
+            f"kuryr does not support cniVersion {version}",
+            f"supported versions: {', '.join(SUPPORTED_VERSIONS)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f"invalid network name {name!r} in the configuration",
+                             "a name starts with a letter or digit, then letters, digits, "
+                             "'_', '.' or '-'")
+    network = raw.get("network")
+    if not isinstance(network, str) or not network.strip():
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f"network configuration {name!r} does not name a Neutron network",
+                             'add "network": "<Neutron network name or ID>" to the kuryr '
+                             "plugin's entry in the conflist")
+    return NetConf(
+        cni_version=version, name=name, network=network.strip(),
+        subnet=_optional_str(raw, "subnet"),
+        security_groups=_optional_str_list(raw, "securityGroups"),
+        project=_optional_str(raw, "project"),
+        mtu=_optional_mtu(raw),
+        daemon_socket=_optional_str(raw, "daemonSocket"),
+        prev_result=_optional_object(raw, "prevResult"),
+        valid_attachments=_valid_attachments(raw),
+    )
+
+
+def parse_request(environ: Mapping[str, str], stdin: str | bytes | Mapping[str, Any]) -> Request:
+    """Parse a whole request. Raises CniError 4 (environment), 6, 1, 7 (configuration)."""
+    command = environ.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise codes.CniError(codes.INVALID_ENVIRONMENT,
+                             f"CNI_COMMAND is {command!r}, not one of {', '.join(COMMANDS)}")
+    config = parse_config(stdin)
+    if version_tuple(config.cni_version) < version_tuple(_SINCE[command]):
+        raise codes.CniError(codes.INCOMPATIBLE_VERSION,
+                             f"{command} needs cniVersion {_SINCE[command]} or later; the "
+                             f"configuration says {config.cni_version}")
+    if command in ("STATUS", "GC", "VERSION"):
+        return Request(command=command, config=config)
+    container_id = environ.get("CNI_CONTAINERID", "")
+    if not _NAME.match(container_id):
+        raise codes.CniError(codes.INVALID_ENVIRONMENT,
+                             f"CNI_CONTAINERID {container_id!r} is missing or invalid",
+                             "it must start with a letter or digit, then letters, digits, "
+                             "'_', '.' or '-'")
+    ifname = environ.get("CNI_IFNAME", "")
+    if not ifname or len(ifname) > _IFNAMSIZ or any(
+            c.isspace() or c in "/:" for c in ifname) or ifname in (".", ".."):
+        raise codes.CniError(codes.INVALID_ENVIRONMENT,
+                             f"CNI_IFNAME {ifname!r} is missing or not a valid interface name",
+                             f"1 to {_IFNAMSIZ} characters without '/', ':' or spaces")
+    netns = environ.get("CNI_NETNS", "")
+    if command in ("ADD", "CHECK") and not netns:
+        raise codes.CniError(codes.INVALID_ENVIRONMENT, f"CNI_NETNS is required for {command}")
+    return Request(command=command, config=config, container_id=container_id, netns=netns,
+                   ifname=ifname, cni_args=parse_cni_args(environ.get("CNI_ARGS", "")))
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``K=V;K2=V2`` into a dict. Raises CniError 4."""
+    found: dict[str, str] = {}
+    for item in text.split(";"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise codes.CniError(codes.INVALID_ENVIRONMENT,
+                                 f"CNI_ARGS item {item!r} is not KEY=VALUE")
+        found[key] = value
+    return found
+
+
+def _decode(stdin: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(stdin, Mapping):
+        return stdin
+    try:
+        raw = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise codes.CniError(codes.DECODE_FAILURE,
+                             f"the network configuration on stdin is not JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise codes.CniError(codes.DECODE_FAILURE,
+                             "the network configuration on stdin is not a JSON object")
+    return raw
+
+
+def _optional_str(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise codes.CniError(codes.INVALID_CONFIG, f'"{key}" must be a string, not {value!r}')
+    return value
+
+
+def _optional_str_list(raw: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f'"{key}" must be a list of names or IDs, not {value!r}')
+    return tuple(value)
+
+
+def _optional_mtu(raw: Mapping[str, Any]) -> int | None:
+    value = raw.get("mtu")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 68 <= value <= 65535:
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f'"mtu" must be an integer from 68 to 65535, not {value!r}')
+    return value
+
+
+def _optional_object(raw: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise codes.CniError(codes.INVALID_CONFIG, f'"{key}" must be an object')
+    return value
+
+
+def _valid_attachments(raw: Mapping[str, Any]) -> tuple[AttachmentKey, ...] | None:
+    value = raw.get(VALID_ATTACHMENTS)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise codes.CniError(codes.INVALID_CONFIG, f'"{VALID_ATTACHMENTS}" must be a list')
+    found = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) or \
+                not isinstance(item.get("ifname"), str):
+            raise codes.CniError(codes.INVALID_CONFIG,
+                                 f'"{VALID_ATTACHMENTS}" items need "containerID" and "ifname"',
+                                 f"got {item!r}")
+        found.append(AttachmentKey(item["containerID"], item["ifname"]))
+    return tuple(found)

@@ -1,0 +1,185 @@
+"""The daemon's HTTP side: CNI requests from the ``kuryr`` executable on a root-only unix socket
+(``POST /v1/cni``), liveness and readiness on a loopback TCP port (``/healthz``, ``/readyz``),
+and the start-up and shutdown of everything the daemon owns (Neutron client, binders, pool).
+
+Owns the wire between shim and daemon: the request body is ``{"env": {CNI_*}, "config": {..}}``;
+the answer is HTTP 200 with the CNI result (or nothing), or an error status with a CNI error
+object written in the configuration's ``cniVersion``. What a request does is ``standalone``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import pathlib
+import socket
+import time
+from typing import Any
+
+from aiohttp import web
+
+from kuryr import binding, errors, settings
+from kuryr.cni import codes, protocol, results
+from kuryr.daemon import standalone
+from kuryr.neutron import client
+from kuryr.pools import warm
+
+LOG = logging.getLogger(__name__)
+FALLBACK_VERSION = "1.0.0"  # for errors about a configuration whose version is unknown
+
+
+def error_response(error: codes.CniError, version: str) -> web.Response:
+    if error.code == codes.TRY_AGAIN_LATER:
+        status = 503
+    elif error.code < codes.TRY_AGAIN_LATER:
+        status = 400
+    else:
+        status = 500
+    return web.json_response(error.to_wire(version), status=status)
+
+
+class Daemon:
+    """One node daemon: wire its parts from settings, serve until ``stop``."""
+
+    def __init__(self, config: settings.KuryrSettings) -> None:
+        self.config = config
+        self.neutron: client.Neutron | None = None
+        self.binders: dict[str, binding.Binder] = {}
+        self.pool: warm.PortPool | None = None
+        self.handler: standalone.Standalone | None = None
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        """Connect, rebuild the pool, listen. Raises ConfigError (another daemon listening,
+        bad settings), KuryrError."""
+        cfg = self.config.cni_daemon
+        self.neutron = client.Neutron.from_settings(self.config)
+        self.binders = binding.binders(self.config.binding)
+        host = self.config.binding.host
+        if cfg.pool_enabled:
+            self.pool = warm.PortPool(self.neutron, self.binders, host=host,
+                                      size=cfg.pool_size, batch=cfg.pool_batch,
+                                      active_timeout=cfg.port_active_timeout)
+            await self.pool.start()
+        self.handler = standalone.Standalone(self.neutron, self.binders, host=host, config=cfg,
+                                             pool=self.pool)
+        cni_app = web.Application(client_max_size=4 * 1024 * 1024)
+        cni_app.router.add_post("/v1/cni", self.serve_cni)
+        await self._listen_unix(cni_app, pathlib.Path(cfg.socket))
+        health_app = web.Application()
+        health_app.router.add_get("/healthz", self.serve_health)
+        health_app.router.add_get("/readyz", self.serve_ready)
+        runner = web.AppRunner(health_app, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.TCPSite(runner, cfg.health_address, cfg.health_port).start()
+        LOG.info("kuryr daemon serving CNI on %s, health on %s:%d (host %s, pool %s)",
+                 cfg.socket, cfg.health_address, cfg.health_port, host,
+                 "on" if self.pool else "off")
+
+    async def _listen_unix(self, app: web.Application, path: pathlib.Path) -> None:
+        _prepare_socket_path(path)
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+        await runner.setup()
+        self._runners.append(runner)
+        old_umask = os.umask(0o177)  # the socket is born 0600: root only
+        try:
+            await web.UnixSite(runner, str(path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self.pool is not None:
+            await self.pool.close()
+        for b in self.binders.values():
+            b.close()
+        if self.neutron is not None:
+            self.neutron.close()
+        _remove_socket(pathlib.Path(self.config.cni_daemon.socket))
+
+    async def serve_cni(self, request: web.Request) -> web.Response:
+        started = time.monotonic()
+        version = FALLBACK_VERSION
+        command = container = "?"
+        try:
+            body: Any = json.loads(await request.read())
+            env, conf = body["env"], body["config"]
+            if not isinstance(env, dict) or not isinstance(conf, dict):
+                raise TypeError("env and config must be objects")
+        except (ValueError, KeyError, TypeError) as e:
+            return error_response(codes.CniError(codes.DECODE_FAILURE,
+                                                 f"malformed request from the CNI shim: {e}"),
+                                  version)
+        if conf.get("cniVersion") in protocol.SUPPORTED_VERSIONS:
+            version = conf["cniVersion"]
+        command = str(env.get("CNI_COMMAND", "?"))
+        container = str(env.get("CNI_CONTAINERID", ""))[:12] or "-"
+        assert self.handler is not None
+        try:
+            cni_request = protocol.parse_request(env, conf)
+            result = await self.handler.handle(cni_request)
+        except Exception as e:  # every failure goes back to the runtime as a CNI error
+            error = codes.from_exception(e)
+            log = LOG.exception if error.code == codes.INTERNAL else LOG.warning
+            log("%s %s %s failed in %.0f ms: code %d: %s", command, container,
+                env.get("CNI_IFNAME", ""), (time.monotonic() - started) * 1000, error.code,
+                error.msg)
+            return error_response(error, version)
+        LOG.info("%s %s %s done in %.0f ms", command, container, env.get("CNI_IFNAME", ""),
+                 (time.monotonic() - started) * 1000)
+        if result is None:
+            return web.Response(status=200)
+        return web.json_response(results.to_wire(result, version))
+
+    async def serve_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def serve_ready(self, request: web.Request) -> web.Response:
+        assert self.handler is not None
+        try:
+            await self.handler.status()
+        except codes.CniError as e:
+            return web.json_response({"status": "not ready", "code": e.code, "msg": e.msg},
+                                     status=503)
+        return web.json_response({"status": "ready"})
+
+
+def _prepare_socket_path(path: pathlib.Path) -> None:
+    """Make the socket's directory; remove a stale socket. Raises ConfigError when another
+    daemon listens there."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if path.exists() or path.is_symlink():
+        if _is_listening(path):
+            raise errors.ConfigError(f"another kuryr daemon is already listening on {path}")
+        path.unlink()
+
+
+def _remove_socket(path: pathlib.Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _is_listening(path: pathlib.Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+async def serve(config: settings.KuryrSettings, *, stop: asyncio.Event) -> None:
+    """Run a daemon until ``stop`` is set."""
+    daemon = Daemon(config)
+    try:
+        await daemon.start()
+        await stop.wait()
+    finally:
+        await daemon.stop()

@@ -1,0 +1,344 @@
+"""Standalone mode (podman, containerd; no Kubernetes): the daemon owns the Neutron port of
+each container interface.
+
+ADD creates (or takes from the warm pool) a port on the configuration's network, bound to this
+host and tagged with the container ID, ifname and CNI network name, plugs it and waits for
+ACTIVE; DEL unplugs and deletes (or recycles) it, idempotently and also without a netns; CHECK
+compares ``prevResult`` with the namespace and Neutron; GC removes this host's ports of a CNI
+network whose attachment the runtime no longer knows; STATUS probes Neutron and OVS.
+
+Owns the translation between CNI requests and ``kuryr.ports``; it does not parse requests
+(``kuryr.cni``) nor serve HTTP (``server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
+
+from kuryr import binding, errors, settings
+from kuryr.binding import ovs as ovs_binding
+from kuryr.cni import codes, protocol, results
+from kuryr.daemon import locking
+from kuryr.linux import interfaces, namespaces
+from kuryr.neutron import client, resources, tagging
+from kuryr.pools import warm
+from kuryr.ports import lifecycle
+
+LOG = logging.getLogger(__name__)
+
+TAG_CONTAINER = "cni-container"
+TAG_IFNAME = "cni-ifname"
+TAG_NETWORK = "cni-network"
+_TARGET_TTL = 60.0
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a network configuration's ports go, with names resolved to IDs."""
+
+    network: resources.Network
+    subnet_id: str | None
+    security_group_ids: tuple[str, ...] | None
+    project_id: str | None
+
+    @property
+    def pool_key(self) -> warm.PoolKey:
+        return warm.PoolKey(network_id=self.network.id,
+                            security_group_ids=self.security_group_ids,
+                            project_id=self.project_id)
+
+
+def owner_tags(request: protocol.Request) -> list[str]:
+    return [tagging.owner(TAG_CONTAINER, request.container_id),
+            tagging.owner(TAG_IFNAME, request.ifname),
+            tagging.owner(TAG_NETWORK, request.config.name)]
+
+
+class Standalone:
+    """Serves CNI requests in standalone mode. ``handle`` is the one entry point."""
+
+    def __init__(self, neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
+                 host: str, config: settings.CniDaemonSettings,
+                 pool: warm.PortPool | None = None) -> None:
+        self.neutron = neutron
+        self.binders = binders
+        self.host = host
+        self.config = config
+        self.pool = pool
+        self.locks = locking.KeyedLocks()
+        self._targets: dict[tuple[object, ...], tuple[float, Target]] = {}
+        # Attachments this daemon made: a pooled ADD skips the Neutron lookup of an existing
+        # port unless the runtime repeats an ADD this daemon already served.
+        self._attached: set[protocol.AttachmentKey] = set()
+
+    async def handle(self, request: protocol.Request) -> results.Result | None:
+        """Run one request; ADD returns its result. Raises CniError or a KuryrError."""
+        if request.command == "STATUS":
+            await self.status(request.config)
+            return None
+        if request.command == "GC":
+            await self.gc(request.config)
+            return None
+        async with self.locks.hold(request.container_id, timeout=self.config.lock_timeout):
+            if request.command == "ADD":
+                return await self.add(request)
+            if request.command == "DEL":
+                await self.delete(request)
+            elif request.command == "CHECK":
+                await self.check(request)
+        return None
+
+    # -- ADD ------------------------------------------------------------------------------------
+    async def add(self, request: protocol.Request) -> results.Result:
+        conf = request.config
+        namespaces.resolve(request.netns)  # fail before creating anything in Neutron
+        target = await self.target(conf)
+        tags = owner_tags(request)
+        poolable = self.pool is not None and conf.subnet is None and conf.mtu is None
+        if poolable and self.pool is not None:
+            self.pool.wake(target.pool_key)  # fill (or refill) this network's pool
+        pooled = (poolable and self.pool is not None and request.key not in self._attached
+                  and self.pool.count(target.pool_key) > 0)
+        existing = [] if pooled else await self._ports_of(request)
+        if existing:
+            # A repeated ADD, or one after a daemon restart: finish plugging what exists.
+            attachment = await self._plug_or_release(existing[0], request)
+            for extra in existing[1:]:
+                await self._release(extra.id)
+        elif pooled and self.pool is not None and (
+                ready := self.pool.take(target.pool_key, tags)) is not None:
+            attachment = await self._hand_over(ready, request)
+        else:
+            attachment = await lifecycle.attach(
+                self.neutron, self.binders, network_id=target.network.id, netns=request.netns,
+                ifname=request.ifname, host=self.host, tags=tags,
+                security_group_ids=target.security_group_ids,
+                fixed_ips=[{"subnet_id": target.subnet_id}] if target.subnet_id else None,
+                project_id=target.project_id, name=_port_name(request),
+                active_timeout=self.config.port_active_timeout, mtu=conf.mtu)
+        self._attached.add(request.key)
+        ours = result_for(attachment, sandbox=request.netns)
+        previous = results.from_wire(conf.prev_result) if conf.prev_result else None
+        return results.merge(previous, ours)
+
+    async def _hand_over(self, ready: warm.ReadyPort,
+                         request: protocol.Request) -> lifecycle.Attachment:
+        try:
+            await asyncio.to_thread(self.pool_hand_over, ready, request)
+        except BaseException:
+            await asyncio.shield(self._release(ready.port.id))
+            raise
+        return lifecycle.Attachment(port=ready.port, vif=ready.vif, netns=request.netns,
+                                    ifname=request.ifname)
+
+    def pool_hand_over(self, ready: warm.ReadyPort, request: protocol.Request) -> None:
+        assert self.pool is not None
+        self.pool.hand_over(ready, netns=request.netns, ifname=request.ifname)
+
+    async def _plug_or_release(self, port: resources.Port,
+                               request: protocol.Request) -> lifecycle.Attachment:
+        try:
+            return await lifecycle.plug_existing(
+                self.neutron, self.binders, port_id=port.id, netns=request.netns,
+                ifname=request.ifname, host=self.host,
+                active_timeout=self.config.port_active_timeout, mtu=request.config.mtu)
+        except BaseException:
+            await asyncio.shield(self._release(port.id))
+            raise
+
+    async def target(self, conf: protocol.NetConf) -> Target:
+        """The configuration's network, subnet and security groups as IDs (cached a minute).
+        Raises CniError 7 for names Neutron does not know, TemporaryError."""
+        names = (conf.network, conf.subnet, conf.security_groups, conf.project)
+        cached = self._targets.get(names)
+        if cached and time.monotonic() - cached[0] < _TARGET_TTL:
+            return cached[1]
+        network = await _named(self.neutron.get_network(conf.network), "network", conf.network)
+        subnet_id = None
+        if conf.subnet:
+            subnet = await _named(self.neutron.get_subnet(conf.subnet), "subnet", conf.subnet)
+            if subnet.network_id != network.id:
+                raise codes.CniError(codes.INVALID_CONFIG,
+                                     f"subnet {conf.subnet} is not on network {conf.network}")
+            subnet_id = subnet.id
+        groups = None
+        if conf.security_groups is not None:
+            found = await asyncio.gather(*(
+                _named(self.neutron.get_security_group(g), "security group", g)
+                for g in conf.security_groups))
+            groups = tuple(sorted(g.id for g in found))
+        target = Target(network=network, subnet_id=subnet_id, security_group_ids=groups,
+                        project_id=conf.project)
+        self._targets[names] = (time.monotonic(), target)
+        return target
+
+    # -- DEL ------------------------------------------------------------------------------------
+    async def delete(self, request: protocol.Request) -> None:
+        """Idempotent: no port, link or namespace is success."""
+        self._attached.discard(request.key)
+        if self.pool is not None:
+            await self.pool.settle()  # owner tags of ports just taken from the pool
+        key = await self._recycle_key(request.config)
+        for port in await self._ports_of(request):
+            await self._release(port.id, netns=request.netns or None, ifname=request.ifname,
+                                recycle_into=key)
+
+    async def _recycle_key(self, conf: protocol.NetConf) -> warm.PoolKey | None:
+        """The pool a released port of ``conf`` may go back to (None: delete it)."""
+        if self.pool is None or conf.subnet is not None or conf.mtu is not None:
+            return None
+        try:
+            return (await self.target(conf)).pool_key
+        except errors.KuryrError:
+            return None
+
+    async def _release(self, port_id: str, *, netns: str | None = None,
+                       ifname: str | None = None,
+                       recycle_into: warm.PoolKey | None = None) -> None:
+        if recycle_into is not None and self.pool is not None and \
+                await self.pool.recycle(port_id, recycle_into):
+            return
+        await lifecycle.detach(self.neutron, self.binders, port_id=port_id, netns=netns,
+                               ifname=ifname)
+
+    async def _ports_of(self, request: protocol.Request) -> list[resources.Port]:
+        return await self.neutron.list_ports(
+            tags=[tagging.owner(TAG_CONTAINER, request.container_id),
+                  tagging.owner(TAG_IFNAME, request.ifname)],
+            device_owner=lifecycle.DEVICE_OWNER)
+
+    # -- CHECK ----------------------------------------------------------------------------------
+    async def check(self, request: protocol.Request) -> None:
+        """Raises CniError 106 listing every difference between ``prevResult`` and reality."""
+        if request.config.prev_result is None:
+            raise codes.CniError(codes.INVALID_CONFIG, "CHECK needs a prevResult")
+        previous = results.from_wire(request.config.prev_result)
+        path = namespaces.resolve(request.netns)
+        found = previous.sandbox_interface(request.ifname)
+        if found is None:
+            raise codes.CniError(codes.INVALID_CONFIG,
+                                 f"prevResult has no interface {request.ifname} in a sandbox")
+        index, expected = found
+        diffs: list[str] = []
+        seen = await asyncio.to_thread(interfaces.describe, request.ifname, netns=path)
+        if seen is None:
+            diffs.append(f"interface {request.ifname} is missing from {request.netns}")
+        else:
+            if expected.mac and str(seen["mac"]).lower() != expected.mac.lower():
+                diffs.append(f"{request.ifname} has MAC {seen['mac']}, not {expected.mac}")
+            ours = [ip for ip in previous.ips if ip.interface in (None, index)]
+            for ip in ours:
+                if str(ip.address) not in seen["addresses"]:
+                    diffs.append(f"address {ip.address} is missing from {request.ifname}")
+            for route in previous.routes:
+                if route.gw is not None and f"{route.dst} via {route.gw}" not in seen["routes"]:
+                    diffs.append(f"route {route.dst} via {route.gw} is missing")
+        ports = await self._ports_of(request)
+        if not ports:
+            diffs.append(f"Neutron has no port for container {request.container_id} "
+                         f"interface {request.ifname}")
+        else:
+            port = ports[0]
+            if port.status != "ACTIVE":
+                diffs.append(f"Neutron port {port.id} is {port.status}, not ACTIVE")
+            if expected.mac and port.mac.lower() != expected.mac.lower():
+                diffs.append(f"Neutron port {port.id} has MAC {port.mac}, not {expected.mac}")
+            addresses = {f.ip_address for f in port.fixed_ips}
+            for ip in previous.ips:
+                if ip.interface in (None, index) and str(ip.address.ip) not in addresses:
+                    diffs.append(f"Neutron port {port.id} no longer has {ip.address.ip}")
+        if diffs:
+            raise codes.CniError(codes.CHECK_MISMATCH,
+                                 f"CHECK found {len(diffs)} difference(s) for container "
+                                 f"{request.container_id}: {diffs[0]}", "; ".join(diffs))
+
+    # -- GC -------------------------------------------------------------------------------------
+    async def gc(self, conf: protocol.NetConf) -> list[str]:
+        """Release this host's ports of network configuration ``conf.name`` whose (container,
+        ifname) is not among ``cni.dev/valid-attachments``. Returns the port IDs released."""
+        valid = set(conf.valid_attachments or ())
+        ports = await self.neutron.list_ports(
+            tags=[tagging.owner(TAG_NETWORK, conf.name)], device_owner=lifecycle.DEVICE_OWNER,
+            **{"binding:host_id": self.host})
+        released = []
+        for port in ports:
+            container_id = tagging.value_of(port.tags, TAG_CONTAINER)
+            ifname = tagging.value_of(port.tags, TAG_IFNAME)
+            if container_id is None or ifname is None:
+                continue
+            if protocol.AttachmentKey(container_id, ifname) in valid:
+                continue
+            if self.locks.is_held(container_id):
+                continue  # an ADD or DEL of it is running right now
+            async with self.locks.hold(container_id, timeout=self.config.lock_timeout):
+                LOG.info("GC: releasing port %s of container %s (%s)", port.id, container_id,
+                         ifname)
+                await self._release(port.id)
+                released.append(port.id)
+        return released
+
+    # -- STATUS ---------------------------------------------------------------------------------
+    async def status(self, conf: protocol.NetConf | None = None) -> None:
+        """Raises CniError 50 (cannot serve ADD: Neutron, the network or the OVS bridge
+        missing) or 51 (OVS unreachable: running containers may lose connectivity)."""
+        try:
+            if conf is not None:
+                await self.target(conf)
+            else:
+                await self.neutron.list_networks(tags=[tagging.KURYR, "kuryr-status-probe"])
+        except codes.CniError as e:
+            raise codes.CniError(codes.NOT_AVAILABLE, e.msg, e.details) from e
+        except errors.KuryrError as e:
+            raise codes.CniError(codes.NOT_AVAILABLE, f"cannot reach Neutron: {e}",
+                                 "check Neutron (kuryr cloud status)") from e
+        binder = self.binders.get("ovs")
+        if isinstance(binder, ovs_binding.OvsBinder):
+            bridge = binder.config.ovs_bridge
+            try:
+                exists = await asyncio.to_thread(binder.ovsdb.bridge_exists, bridge)
+            except errors.KuryrError as e:
+                raise codes.CniError(codes.LIMITED_CONNECTIVITY,
+                                     f"cannot reach Open vSwitch: {e}",
+                                     "running containers may have limited connectivity") from e
+            if not exists:
+                raise codes.CniError(codes.NOT_AVAILABLE, f"OVS bridge {bridge} does not exist")
+
+
+def result_for(attachment: lifecycle.Attachment, *, sandbox: str) -> results.Result:
+    """The CNI result of a plugged port: one sandbox interface, its addresses with gateways,
+    default and host routes, and the subnets' DNS servers."""
+    vif = attachment.vif
+    ips = []
+    for fixed_ip in vif.fixed_ips:
+        subnet = vif.subnet(fixed_ip.subnet_id)
+        ips.append(results.IPConfig(address=fixed_ip.address,
+                                    gateway=subnet.gateway if subnet else None, interface=0))
+    routes = [results.Route(dst=ipaddress.ip_network("::/0" if g.version == 6 else "0.0.0.0/0"),
+                            gw=g) for g in vif.gateways()]
+    routes += [results.Route(dst=r.destination, gw=r.gateway) for r in vif.routes()]
+    return results.Result(
+        interfaces=(results.Interface(name=attachment.ifname, mac=vif.mac, sandbox=sandbox,
+                                      mtu=vif.mtu),),
+        ips=tuple(ips), routes=tuple(routes),
+        dns=results.Dns(nameservers=tuple(vif.dns_nameservers())))
+
+
+def _port_name(request: protocol.Request) -> str:
+    return f"cni-{request.config.name}-{request.container_id[:12]}-{request.ifname}"
+
+
+async def _named(lookup: Awaitable[_T], kind: str, name: str) -> _T:
+    try:
+        return await lookup
+    except errors.NotFoundError as e:
+        raise codes.CniError(
+            codes.INVALID_CONFIG, f"Neutron has no {kind} named {name!r}",
+            f"fix the {kind} in the CNI network configuration, or create it in Neutron "
+            f"(openstack {kind} list)") from e

@@ -1,0 +1,373 @@
+"""The kuryr CNI executable invoked exactly as a runtime invokes it (``CNI_*`` variables, a
+configuration on stdin), for every supported spec version, against a real ``kuryr daemon`` on
+the local Neutron: results, CHECK, idempotent DEL (also without a netns), GC, STATUS, every
+error code, and nothing left behind by any failure, nor by a daemon killed in the middle of
+an ADD."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from kuryr import settings
+from kuryr.binding import ovs as ovs_binding
+from kuryr.cli import install_cni
+from kuryr.cni import codes, protocol
+from kuryr.daemon import standalone
+from kuryr.linux import interfaces
+from kuryr.neutron import client, resources, tagging
+from tests.cloud.conftest import TEST_TAG, leftovers, remove_network
+from tests.conftest import RUN_ID, netns_run
+from tests.support import cni, peers
+
+VERSIONS = protocol.SUPPORTED_VERSIONS
+
+
+@pytest.fixture(scope="module")
+def executable(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return install_cni.install_executable(tmp_path_factory.mktemp("cni-bin"))
+
+
+@pytest.fixture(scope="module")
+async def facade(cloud_config: settings.KuryrSettings) -> AsyncIterator[client.Neutron]:
+    made = client.Neutron.from_settings(cloud_config)
+    yield made
+    made.close()
+
+
+async def make_network(neutron: client.Neutron, *, v6: bool = True,
+                       prefix: int = 24) -> resources.Network:
+    n = uuid.uuid4().int % 200 + 20
+    net = await neutron.create_network(f"kt-{RUN_ID}-cni-{n}", tags=[TEST_TAG])
+    await neutron.create_subnet(net.id, cidr=f"10.{n}.{uuid.uuid4().int % 250}.0/{prefix}",
+                                ip_version=4, tags=[TEST_TAG])
+    if v6:
+        await neutron.create_subnet(net.id, cidr=f"fd00:{n}::/64", ip_version=6,
+                                    tags=[TEST_TAG])
+    return await neutron.get_network(net.id)
+
+
+@pytest.fixture(scope="module")
+async def cni_net(facade: client.Neutron, cloud_config: settings.KuryrSettings
+                  ) -> AsyncIterator[resources.Network]:
+    net = await make_network(facade)
+    try:
+        yield net
+    finally:
+        await remove_network(facade, cloud_config, net.id)
+
+
+@pytest.fixture(scope="module")
+def daemon(cloud_config: settings.KuryrSettings,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[cni.DaemonProcess]:
+    with cni.running(cni.DaemonProcess(tmp_path_factory.mktemp("daemon"),
+                                       config_file=cloud_config.source)) as d:
+        yield d
+
+
+@pytest.fixture
+def ovs(cloud_config: settings.KuryrSettings) -> Iterator[ovs_binding.OvsBinder]:
+    binder = ovs_binding.OvsBinder(cloud_config.binding)
+    yield binder
+    binder.close()
+
+
+def container_id() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+async def ports_of(neutron: client.Neutron, cid: str) -> list[resources.Port]:
+    return await neutron.list_ports(tags=[tagging.owner(standalone.TAG_CONTAINER, cid)])
+
+
+async def assert_nothing_left(neutron: client.Neutron, ovs: ovs_binding.OvsBinder, cid: str,
+                              port_ids: list[str], netns: str | None = None) -> None:
+    assert await ports_of(neutron, cid) == []
+    for port_id in port_ids:
+        assert await leftovers(ovs, port_id) == []
+        with pytest.raises(Exception):  # noqa: B017 - NotFoundError
+            await neutron.get_port(port_id)
+    if netns:
+        assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=netns)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_add_check_del(version: str, executable: pathlib.Path, daemon: cni.DaemonProcess,
+                             cni_net: resources.Network, facade: client.Neutron,
+                             ovs: ovs_binding.OvsBinder, cloud_config: settings.KuryrSettings,
+                             make_netns: Callable[[], str]) -> None:
+    ns, cid = make_netns(), container_id()
+    path = f"/run/netns/{ns}"
+    conf = cni.netconf(version, cni_net.name, socket_path=daemon.socket)
+    rc, result = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                         container_id=cid, netns=path)
+    assert rc == 0, result
+    assert result is not None and result["cniVersion"] == version
+    (port,) = await ports_of(facade, cid)
+    assert port.status == "ACTIVE" and port.device_owner == "compute:kuryr"
+    assert port.host_id == cloud_config.binding.host
+    assert tagging.owner(standalone.TAG_IFNAME, "eth0") in port.tags
+    (interface,) = result["interfaces"]
+    assert interface == {"name": "eth0", "mac": port.mac, "sandbox": path,
+                         **({"mtu": cni_net.mtu} if version == "1.1.0" else {})}
+    addresses = {ip["address"].split("/")[0] for ip in result["ips"]}
+    assert addresses == {f.ip_address for f in port.fixed_ips}
+    assert all(("version" in ip) == version.startswith("0.") for ip in result["ips"])
+    assert {r["dst"] for r in result["routes"]} == {"0.0.0.0/0", "::/0"}
+    seen = await asyncio.to_thread(interfaces.describe, "eth0", netns=path)
+    assert seen is not None and seen["mac"] == port.mac
+    assert sorted(seen["addresses"]) == sorted(ip["address"] for ip in result["ips"])
+
+    # ADD again (a runtime retrying): the same port, nothing new.
+    rc, again = await asyncio.to_thread(cni.invoke, executable, "ADD", conf, container_id=cid,
+                                        netns=path)
+    assert rc == 0 and again is not None and again["interfaces"] == result["interfaces"]
+    assert len(await ports_of(facade, cid)) == 1
+
+    with_prev = {**conf, "prevResult": result}
+    if version != "0.3.1":
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "CHECK", with_prev,
+                                          container_id=cid, netns=path)
+        assert rc == 0 and out is None, out
+        v4 = next(ip["address"] for ip in result["ips"] if ":" not in ip["address"])
+        netns_run(ns, "ip", "addr", "del", v4, "dev", "eth0")
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "CHECK", with_prev,
+                                          container_id=cid, netns=path)
+        assert rc == 1 and out is not None and out["code"] == codes.CHECK_MISMATCH, out
+        assert v4 in out["msg"] and out["cniVersion"] == version
+
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", with_prev,
+                                      container_id=cid, netns=path)
+    assert rc == 0 and out is None, out
+    await assert_nothing_left(facade, ovs, cid, [port.id], path)
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf, container_id=cid,
+                                      netns=path)
+    assert rc == 0, out  # DEL is idempotent
+
+
+async def test_two_containers_ping_and_del_without_netns(
+        executable: pathlib.Path, daemon: cni.DaemonProcess, cni_net: resources.Network,
+        facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+        make_netns: Callable[[], str]) -> None:
+    conf = cni.netconf("1.0.0", cni_net.id, socket_path=daemon.socket)  # network by ID
+    made = []
+    for ns in (make_netns(), make_netns()):
+        cid = container_id()
+        rc, result = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                             container_id=cid, netns=f"/run/netns/{ns}")
+        assert rc == 0 and result is not None, result
+        v4 = next(ip["address"].split("/")[0] for ip in result["ips"]
+                  if ":" not in ip["address"])
+        made.append((ns, cid, v4, (await ports_of(facade, cid))[0].id))
+    (ns_a, _, ip_a, _), (ns_b, _, ip_b, _) = made
+    assert await asyncio.to_thread(peers.ping, ns_a, ip_b)
+    assert await asyncio.to_thread(peers.ping, ns_b, ip_a)
+    for ns, cid, _, port_id in made:
+        # containerd: DEL with an empty CNI_NETNS (the namespace may already be gone).
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                          container_id=cid, netns="")
+        assert rc == 0, out
+        await assert_nothing_left(facade, ovs, cid, [port_id], f"/run/netns/{ns}")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_failures_get_their_code_and_leave_nothing(
+        version: str, executable: pathlib.Path, daemon: cni.DaemonProcess,
+        cni_net: resources.Network, facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+        make_netns: Callable[[], str], tmp_path: pathlib.Path) -> None:
+    ns, cid = make_netns(), container_id()
+    path = f"/run/netns/{ns}"
+    conf = cni.netconf(version, cni_net.name, socket_path=daemon.socket)
+
+    def call(config: dict[str, object] | bytes, **kw: object) -> tuple[int, dict | None]:
+        args: dict[str, object] = {"container_id": cid, "netns": path, **kw}
+        return cni.invoke(executable, "ADD", config, **args)  # type: ignore[arg-type]
+
+    cases: list[tuple[str, tuple[int, dict | None], int]] = [
+        ("malformed stdin", await asyncio.to_thread(call, b"{\"cniVersion\": "), 6),
+        ("no container id", await asyncio.to_thread(call, conf, container_id=""), 4),
+        ("bad ifname", await asyncio.to_thread(call, conf, ifname="a/b"), 4),
+        ("no netns", await asyncio.to_thread(call, conf, netns=""), 4),
+        ("netns that does not exist",
+         await asyncio.to_thread(call, conf, netns=f"/run/netns/kt-{RUN_ID}-none"), 104),
+        ("unknown network", await asyncio.to_thread(
+            call, {**conf, "network": f"kt-{RUN_ID}-no-such-net"}), 7),
+        ("unknown security group", await asyncio.to_thread(
+            call, {**conf, "securityGroups": [f"kt-{RUN_ID}-no-such-group"]}), 7),
+        ("daemon down", await asyncio.to_thread(
+            call, {**conf, "daemonSocket": str(tmp_path / "no-daemon.sock")}), 11),
+    ]
+    for what, (rc, out), code in cases:
+        assert rc == 1 and out is not None, what
+        assert out["code"] == code, (what, out)
+        assert out["msg"], what
+        if code != 6:
+            assert out["cniVersion"] == version, what
+    await assert_nothing_left(facade, ovs, cid, [], path)
+
+
+async def test_neutron_down(executable: pathlib.Path, cni_net: resources.Network,
+                            facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                            tmp_path: pathlib.Path, make_netns: Callable[[], str]) -> None:
+    dead = {"KURYR_NEUTRON_CLOUD": "", "KURYR_NEUTRON_AUTH_TYPE": "none",
+            "KURYR_NEUTRON_ENDPOINT_OVERRIDE": "http://127.0.0.1:9/",
+            "KURYR_NEUTRON_TIMEOUT": "3", "KURYR_CONFIG": ""}
+    ns, cid = make_netns(), container_id()
+    with cni.running(cni.DaemonProcess(tmp_path, config_file=None, env=dead)) as down:
+        conf = cni.netconf("1.0.0", cni_net.name, socket_path=down.socket)
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=cid, netns=f"/run/netns/{ns}")
+        assert rc == 1 and out is not None and out["code"] == codes.NEUTRON_UNAVAILABLE, out
+        assert "cannot reach Neutron" in out["msg"]
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "STATUS",
+                                          {**conf, "cniVersion": "1.1.0"})
+        assert rc == 1 and out is not None and out["code"] == codes.NOT_AVAILABLE, out
+    await assert_nothing_left(facade, ovs, cid, [], f"/run/netns/{ns}")
+
+
+async def test_addresses_exhausted(executable: pathlib.Path, daemon: cni.DaemonProcess,
+                                   facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                                   cloud_config: settings.KuryrSettings,
+                                   make_netns: Callable[[], str]) -> None:
+    tiny = await make_network(facade, v6=False, prefix=29)  # 5 addresses past the gateway
+    try:
+        conf = cni.netconf("1.0.0", tiny.id, socket_path=daemon.socket)
+        added = []
+        for _ in range(8):
+            ns, cid = make_netns(), container_id()
+            rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                              container_id=cid, netns=f"/run/netns/{ns}")
+            if rc != 0:
+                break
+            added.append(cid)
+        assert rc == 1 and out is not None and out["code"] == codes.QUOTA_EXCEEDED, out
+        assert added, "not even one port fitted"
+        await assert_nothing_left(facade, ovs, cid, [], f"/run/netns/{ns}")
+        for cid in added:
+            rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                              container_id=cid)
+            assert rc == 0, out
+    finally:
+        await remove_network(facade, cloud_config, tiny.id)
+
+
+async def test_status_and_gc(executable: pathlib.Path, daemon: cni.DaemonProcess,
+                             cni_net: resources.Network, facade: client.Neutron,
+                             ovs: ovs_binding.OvsBinder, make_netns: Callable[[], str]) -> None:
+    conf = cni.netconf("1.1.0", cni_net.name, socket_path=daemon.socket, name="kuryr-gc")
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "STATUS", conf)
+    assert rc == 0 and out is None, out
+    kept, gone = container_id(), container_id()
+    for cid in (kept, gone):
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf, container_id=cid,
+                                          netns=f"/run/netns/{make_netns()}")
+        assert rc == 0, out
+    gone_port = (await ports_of(facade, gone))[0].id
+    valid = {"cni.dev/valid-attachments": [{"containerID": kept, "ifname": "eth0"}]}
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "GC", {**conf, **valid})
+    assert rc == 0, out
+    await assert_nothing_left(facade, ovs, gone, [gone_port])
+    assert len(await ports_of(facade, kept)) == 1
+    # Another network configuration's GC does not touch these ports.
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "GC", {**conf, "name": "other",
+                                      "cni.dev/valid-attachments": []})
+    assert rc == 0 and len(await ports_of(facade, kept)) == 1
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "GC", {
+        **conf, "cni.dev/valid-attachments": []})
+    assert rc == 0 and await ports_of(facade, kept) == []
+
+
+async def test_daemon_killed_during_add(executable: pathlib.Path, cni_net: resources.Network,
+                                        facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                                        cloud_config: settings.KuryrSettings,
+                                        tmp_path: pathlib.Path,
+                                        make_netns: Callable[[], str]) -> None:
+    victim = cni.DaemonProcess(tmp_path, config_file=cloud_config.source)
+    victim.start()
+    try:
+        conf = cni.netconf("1.1.0", cni_net.name, socket_path=victim.socket, name="kuryr-kill")
+        by_del, by_gc = container_id(), container_id()
+        namespaces = {by_del: make_netns(), by_gc: make_netns()}
+        runs = [cni.start_add(executable, conf, container_id=cid, netns=f"/run/netns/{ns}")
+                for cid, ns in namespaces.items()]
+        # Kill as soon as both ports exist in Neutron: the ADDs are plugging or waiting ACTIVE.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = [await ports_of(facade, cid) for cid in namespaces]
+            if all(found):
+                break
+            await asyncio.sleep(0.02)
+        victim.kill()
+        for run in runs:
+            assert run.stdout is not None
+            run.wait(timeout=30)
+            out = run.stdout.read()
+            run.stdout.close()
+            assert run.returncode == 1 and b'"code": 11' in out, out
+        port_ids = [p.id for cid in namespaces for p in await ports_of(facade, cid)]
+        assert len(port_ids) == 2
+    finally:
+        victim.stop()
+    with cni.running(cni.DaemonProcess(tmp_path, config_file=cloud_config.source)) as again:
+        conf = {**conf, "daemonSocket": again.socket}
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                          container_id=by_del, netns="")
+        assert rc == 0, out
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "GC", {
+            **conf, "cni.dev/valid-attachments": []})
+        assert rc == 0, out
+    for cid, ns in namespaces.items():
+        await assert_nothing_left(facade, ovs, cid, port_ids, f"/run/netns/{ns}")
+
+
+async def test_pooled_ports(executable: pathlib.Path, cni_net: resources.Network,
+                            facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                            cloud_config: settings.KuryrSettings, tmp_path: pathlib.Path,
+                            make_netns: Callable[[], str]) -> None:
+    """With the warm pool on, ADD hands over a ready port (ACTIVE, retagged for its container),
+    DEL gives it back, and a restarted daemon finds the pool again in Neutron."""
+    pool_tag = tagging.owner("pool-host", cloud_config.binding.host)
+    pooled = cni.DaemonProcess(tmp_path, config_file=cloud_config.source, pool=True,
+                               env={"KURYR_CNI_DAEMON_POOL_SIZE": "2"})
+    conf = cni.netconf("1.0.0", cni_net.name, socket_path=pooled.socket, name="kuryr-pool")
+    with cni.running(pooled):
+        first, ns = container_id(), make_netns()
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=first, netns=f"/run/netns/{ns}")
+        assert rc == 0, out  # a cold port: the pool starts filling now
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = await facade.list_ports(network_id=cni_net.id, tags=[pool_tag])
+            if len([p for p in found if p.status == "ACTIVE"]) >= 2:
+                break
+            await asyncio.sleep(0.5)
+        ready = {p.id for p in await facade.list_ports(network_id=cni_net.id, tags=[pool_tag])}
+        assert len(ready) == 2
+        second, ns2 = container_id(), make_netns()
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=second, netns=f"/run/netns/{ns2}")
+        assert rc == 0 and out is not None, out
+        rc, check = await asyncio.to_thread(cni.invoke, executable, "CHECK",
+                                            {**conf, "prevResult": out}, container_id=second,
+                                            netns=f"/run/netns/{ns2}")
+        assert rc == 0, check
+        (port,) = await ports_of(facade, second)  # retagged for its container
+        assert port.id in ready and port.status == "ACTIVE"
+        seen = await asyncio.to_thread(interfaces.describe, "eth0", netns=f"/run/netns/{ns2}")
+        assert seen is not None and seen["mac"] == port.mac
+        for cid, namespace in ((first, ns), (second, ns2)):
+            rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                              container_id=cid, netns=f"/run/netns/{namespace}")
+            assert rc == 0, out
+            assert await ports_of(facade, cid) == []
+            assert not await asyncio.to_thread(interfaces.link_exists, "eth0",
+                                               netns=f"/run/netns/{namespace}")
+    # After a restart the pool is found again from Neutron tags.
+    with cni.running(cni.DaemonProcess(tmp_path, config_file=cloud_config.source, pool=True,
+                                       env={"KURYR_CNI_DAEMON_POOL_SIZE": "2"})):
+        assert "found again" in (tmp_path / "daemon.log").read_text()
