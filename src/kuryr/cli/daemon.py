@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import signal
 
 import click
 
-from kuryr import settings
+from kuryr import settings, stopping
 from kuryr.daemon import server
 
 LOG = logging.getLogger(__name__)
@@ -48,22 +46,6 @@ def daemon(config_file: str | None, socket_path: str | None, health_port: int | 
 
 async def _run(config: settings.KuryrSettings) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    daemon_pid = os.getpid()
-
-    def on_signal(signum: int, frame: object) -> None:
-        # Not loop.add_signal_handler: its wakeup fd is inherited by the children pyroute2
-        # forks for namespace work, so a SIGTERM to such a child (measured: pyroute2 sends one
-        # when it closes a netns socket) would stop the daemon. A child runs this handler with
-        # its own pid and dies as it should.
-        if os.getpid() != daemon_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        LOG.info("kuryr daemon stopping on %s", signal.Signals(signum).name)
-        loop.call_soon_threadsafe(stop.set)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stopping.on_signals(stop, name="kuryr daemon")
     await server.serve(config, stop=stop)
     LOG.info("kuryr daemon stopped")

@@ -15,14 +15,13 @@ import dataclasses
 import logging
 import os
 import pathlib
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from kuryr import binding, errors, settings
+from kuryr import binding, errors, settings, stopping
 from kuryr.libnetwork import ipam_driver, network_driver, wire
 from kuryr.neutron import client
 
@@ -194,9 +193,7 @@ def run(config: settings.KuryrSettings, *, host: str | None = None,
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stopping.on_signals(stop, name="kuryr libnetwork")
         async with serving(config, host=host) as plugin:
             if ready is not None:
                 ready(plugin)
