@@ -8,32 +8,20 @@ from __future__ import annotations
 
 import os
 import pathlib
-import sys
 import time
-from typing import Any
 
 import click
 
-from kuryr import errors, settings
+from kuryr import settings
+from kuryr.cli import groups
 from kuryr.cloud import layout, lifecycle
-
-
-class _Group(click.Group):
-    """Prints kuryr's own errors without a traceback, also when run on its own."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except errors.KuryrError as e:
-            click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(1)
 
 
 def _default_state_dir() -> str:
     return os.environ.get("KURYR_CLOUD_STATE_DIR") or str(settings.DEFAULT_STATE_DIR)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=groups.KuryrGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
               default=_default_state_dir, show_default="$KURYR_CLOUD_STATE_DIR or "
               f"{settings.DEFAULT_STATE_DIR}",

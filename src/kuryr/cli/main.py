@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
-from typing import Any
 
 import click
 
 import kuryr
-from kuryr import errors
+from kuryr.cli import groups
 
 # Sub-command -> "module:attribute". Imported only when that command runs, so that
 # `kuryr cloud up` does not pay for openstacksdk or aiohttp.
@@ -27,8 +25,8 @@ _COMMANDS = {
 }
 
 
-class _Group(click.Group):
-    """Loads sub-commands lazily and prints kuryr's own errors without a traceback."""
+class _Group(groups.KuryrGroup):
+    """Loads sub-commands lazily."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(_COMMANDS)
@@ -41,13 +39,6 @@ class _Group(click.Group):
         command = getattr(importlib.import_module(module_name), attribute)
         assert isinstance(command, click.Command)
         return command
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except errors.KuryrError as e:
-            click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
