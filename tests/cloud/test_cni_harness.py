@@ -7,6 +7,7 @@ an ADD."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import pathlib
 import time
 import uuid
@@ -87,13 +88,16 @@ async def ports_of(neutron: client.Neutron, cid: str) -> list[resources.Port]:
 
 async def assert_nothing_left(neutron: client.Neutron, ovs: ovs_binding.OvsBinder, cid: str,
                               port_ids: list[str], netns: str | None = None) -> None:
-    assert await ports_of(neutron, cid) == []
+    """The host side at once (DEL answers once it is unplugged), Neutron within a bound (the
+    port is deleted in the background)."""
     for port_id in port_ids:
         assert await leftovers(ovs, port_id) == []
-        with pytest.raises(Exception):  # noqa: B017 - NotFoundError
-            await neutron.get_port(port_id)
     if netns:
         assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=netns)
+    assert await cni.released(lambda: ports_of(neutron, cid)) == []
+    for port_id in port_ids:
+        with pytest.raises(Exception):  # noqa: B017 - NotFoundError
+            await neutron.get_port(port_id)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -256,6 +260,39 @@ async def test_addresses_exhausted(executable: pathlib.Path, daemon: cni.DaemonP
         await remove_network(facade, cloud_config, tiny.id)
 
 
+async def test_port_quota_exhausted(executable: pathlib.Path, daemon: cni.DaemonProcess,
+                                    facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                                    cloud_config: settings.KuryrSettings,
+                                    make_netns: Callable[[], str]) -> None:
+    """The project's port quota, not the subnet's addresses: a project of the test's own with
+    a quota of one port; the second ADD gets code 103 and leaves nothing behind."""
+    project = uuid.uuid4().hex
+    net = await facade.create_network(f"kt-{RUN_ID}-quota", tags=[TEST_TAG], project_id=project)
+    conn = client.connect(cloud_config.neutron)
+    try:
+        await facade.create_subnet(net.id, cidr="10.251.0.0/24", tags=[TEST_TAG])
+        conn.network.update_quota(project, ports=1)
+        conf = cni.netconf("1.0.0", net.id, socket_path=daemon.socket, project=project)
+        first = container_id()
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=first,
+                                          netns=f"/run/netns/{make_netns()}")
+        assert rc == 0, out
+        ns, cid = make_netns(), container_id()
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=cid, netns=f"/run/netns/{ns}")
+        assert rc == 1 and out is not None and out["code"] == codes.QUOTA_EXCEEDED, out
+        assert "uota" in out["msg"], out
+        await assert_nothing_left(facade, ovs, cid, [], f"/run/netns/{ns}")
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                          container_id=first)
+        assert rc == 0, out
+    finally:
+        await remove_network(facade, cloud_config, net.id)
+        conn.network.delete_quota(project)
+        conn.close()
+
+
 async def test_status_and_gc(executable: pathlib.Path, daemon: cni.DaemonProcess,
                              cni_net: resources.Network, facade: client.Neutron,
                              ovs: ovs_binding.OvsBinder, make_netns: Callable[[], str]) -> None:
@@ -279,7 +316,7 @@ async def test_status_and_gc(executable: pathlib.Path, daemon: cni.DaemonProcess
     assert rc == 0 and len(await ports_of(facade, kept)) == 1
     rc, out = await asyncio.to_thread(cni.invoke, executable, "GC", {
         **conf, "cni.dev/valid-attachments": []})
-    assert rc == 0 and await ports_of(facade, kept) == []
+    assert rc == 0 and await cni.released(lambda: ports_of(facade, kept)) == []
 
 
 async def test_daemon_killed_during_add(executable: pathlib.Path, cni_net: resources.Network,
@@ -325,6 +362,72 @@ async def test_daemon_killed_during_add(executable: pathlib.Path, cni_net: resou
         await assert_nothing_left(facade, ovs, cid, port_ids, f"/run/netns/{ns}")
 
 
+async def test_daemon_killed_after_fast_del(executable: pathlib.Path,
+                                            cni_net: resources.Network,
+                                            facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                                            cloud_config: settings.KuryrSettings,
+                                            tmp_path: pathlib.Path,
+                                            make_netns: Callable[[], str]) -> None:
+    """DEL answers once the host side is unplugged; a daemon SIGKILLed right then, before its
+    background delete, leaves the port unplugged in Neutron, and the next daemon releases it
+    at start-up (no DEL, no GC)."""
+    victim = cni.DaemonProcess(tmp_path, config_file=cloud_config.source)
+    conf = cni.netconf("1.0.0", cni_net.name, socket_path=victim.socket, name="kuryr-fastdel")
+    ns, cid = make_netns(), container_id()
+    path = f"/run/netns/{ns}"
+    with cni.running(victim):
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=cid, netns=path)
+        assert rc == 0, out
+        (port,) = await ports_of(facade, cid)
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                          container_id=cid, netns=path)
+        victim.kill()
+        assert rc == 0, out
+    assert await leftovers(ovs, port.id) == []  # unplugged before DEL answered
+    assert [p.id for p in await ports_of(facade, cid)] == [port.id]  # not yet deleted
+    with cni.running(cni.DaemonProcess(tmp_path, config_file=cloud_config.source)):
+        # Released before the daemon serves: no polling needed.
+        assert await ports_of(facade, cid) == []
+    assert "has no OVS interface" in (tmp_path / "daemon.log").read_text()
+    await assert_nothing_left(facade, ovs, cid, [port.id], path)
+
+
+async def test_del_then_add_same_container(executable: pathlib.Path, daemon: cni.DaemonProcess,
+                                           cni_net: resources.Network, facade: client.Neutron,
+                                           ovs: ovs_binding.OvsBinder,
+                                           make_netns: Callable[[], str]) -> None:
+    """An ADD of the same container and ifname right after its DEL gets a new port, which the
+    old port's background release leaves alone."""
+    ns, cid = make_netns(), container_id()
+    path = f"/run/netns/{ns}"
+    conf = cni.netconf("1.0.0", cni_net.name, socket_path=daemon.socket)
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf, container_id=cid,
+                                      netns=path)
+    assert rc == 0, out
+    (old,) = await ports_of(facade, cid)
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf, container_id=cid,
+                                      netns=path)
+    assert rc == 0, out
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf, container_id=cid,
+                                      netns=path)
+    assert rc == 0 and out is not None, out
+    deadline = time.monotonic() + cni.RELEASE_TIMEOUT
+    while old.id in {p.id for p in await ports_of(facade, cid)}:
+        assert time.monotonic() < deadline, "the old port was not released"
+        await asyncio.sleep(0.2)
+    (new,) = await ports_of(facade, cid)
+    assert new.id != old.id and new.status == "ACTIVE"
+    assert out["interfaces"][0]["mac"] == new.mac
+    assert await leftovers(ovs, new.id) != []  # still plugged
+    seen = await asyncio.to_thread(interfaces.describe, "eth0", netns=path)
+    assert seen is not None and seen["mac"] == new.mac
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf, container_id=cid,
+                                      netns=path)
+    assert rc == 0, out
+    await assert_nothing_left(facade, ovs, cid, [old.id, new.id], path)
+
+
 async def test_pooled_ports(executable: pathlib.Path, cni_net: resources.Network,
                             facade: client.Neutron, ovs: ovs_binding.OvsBinder,
                             cloud_config: settings.KuryrSettings, tmp_path: pathlib.Path,
@@ -364,7 +467,7 @@ async def test_pooled_ports(executable: pathlib.Path, cni_net: resources.Network
             rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
                                               container_id=cid, netns=f"/run/netns/{namespace}")
             assert rc == 0, out
-            assert await ports_of(facade, cid) == []
+            assert await cni.released(functools.partial(ports_of, facade, cid)) == []
             assert not await asyncio.to_thread(interfaces.link_exists, "eth0",
                                                netns=f"/run/netns/{namespace}")
     # After a restart the pool is found again from Neutron tags.

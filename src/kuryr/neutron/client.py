@@ -226,14 +226,14 @@ class Neutron:
     async def add_router_interface(self, router_id: str, subnet_id: str) -> None:
         await self._call(f"add subnet {subnet_id} to router {router_id}",
                          self._net.add_interface_to_router, router_id,
-                         subnet_id=subnet_id)
+                         subnet=subnet_id)
 
     async def remove_router_interface(self, router_id: str, subnet_id: str) -> None:
         """Idempotent: a subnet that is not on the router is success."""
         with contextlib.suppress(errors.NotFoundError):
             await self._call(f"remove subnet {subnet_id} from router {router_id}",
                              self._net.remove_interface_from_router, router_id,
-                             subnet_id=subnet_id)
+                             subnet=subnet_id)
 
     # -- ports ----------------------------------------------------------------------------------
     def _port_attrs(self, network_id: str, *, tags: Iterable[str], name: str,
