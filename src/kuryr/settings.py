@@ -111,6 +111,27 @@ class LibnetworkSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class KubernetesSettings:
+    """The Kubernetes side of ``kuryr controller`` (``[kubernetes]``, upstream names where
+    they exist).
+
+    ``api_root`` (an API server URL, no authentication) or ``kubeconfig`` (a file) say where
+    the API is; with neither, the in-cluster service account is used. Namespace subnets come
+    from ``pod_subnet_pool`` and are attached to ``pod_router``; a namespace without the
+    ``openstack.org/kuryr-project`` annotation lands in ``project_id`` (None: the project of
+    the Neutron credentials).
+    """
+
+    api_root: str | None = None
+    kubeconfig: str | None = None
+    pod_subnet_pool: str | None = None
+    pod_router: str | None = None
+    project_id: str | None = None
+    workers: int = 16
+    port_active_poll: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
 class KuryrSettings:
     """Everything kuryr reads from its configuration."""
 
@@ -119,21 +140,23 @@ class KuryrSettings:
     binding: BindingSettings = dataclasses.field(default_factory=BindingSettings)
     cni_daemon: CniDaemonSettings = dataclasses.field(default_factory=CniDaemonSettings)
     libnetwork: LibnetworkSettings = dataclasses.field(default_factory=LibnetworkSettings)
+    kubernetes: KubernetesSettings = dataclasses.field(default_factory=KubernetesSettings)
     source: str | None = None
 
 
 # Section and option names as they appear in kuryr.conf, mapped to the dataclass holding them.
 _SECTIONS: dict[str, type[NeutronSettings] | type[BindingSettings] | type[CniDaemonSettings]
-                | type[LibnetworkSettings]] = {
+                | type[LibnetworkSettings] | type[KubernetesSettings]] = {
     "neutron": NeutronSettings,
     "binding": BindingSettings,
     "cni_daemon": CniDaemonSettings,
     "libnetwork": LibnetworkSettings,
+    "kubernetes": KubernetesSettings,
 }
 # Upstream kuryr.conf names that we accept as aliases of ours.
 _ALIASES = {("ovs", "bridge"): ("binding", "ovs_bridge")}
 # Sections read by the components that own them, not by these settings.
-_FOREIGN_SECTIONS = frozenset({"kubernetes", "pool_manager"})
+_FOREIGN_SECTIONS = frozenset({"pool_manager"})
 _T = typing.TypeVar("_T")
 
 
@@ -213,11 +236,13 @@ def from_parser(parser: configparser.ConfigParser, *, environ: Mapping[str, str]
     binding = _build(BindingSettings, "binding", values["binding"])
     libnetwork = _build(LibnetworkSettings, "libnetwork", values["libnetwork"])
     cni_daemon = _build(CniDaemonSettings, "cni_daemon", values["cni_daemon"])
+    kubernetes = _build(KubernetesSettings, "kubernetes", values["kubernetes"])
     cluster_id = top.get("cluster_id", "kuryr")
     if not cluster_id or any(c.isspace() or c == "," for c in cluster_id):
         raise errors.ConfigError(f"cluster_id {cluster_id!r} must be a word without ',' or spaces")
     return KuryrSettings(cluster_id=cluster_id, neutron=neutron, binding=binding,
-                         cni_daemon=cni_daemon, libnetwork=libnetwork, source=source)
+                         cni_daemon=cni_daemon, libnetwork=libnetwork, kubernetes=kubernetes,
+                         source=source)
 
 
 def _build(cls: type[_T], section: str, raw: dict[str, str]) -> _T:

@@ -78,3 +78,18 @@ def test_config_file_lookup_order(tmp_path: pathlib.Path) -> None:
     found = settings.find_config_file(environ={"KURYR_CLOUD_STATE_DIR": str(state)})
     if not settings.SYSTEM_CONFIG.exists():
         assert found == state / "kuryr.conf"
+
+
+def test_kubernetes_section_is_read_and_overridable() -> None:
+    config = settings.parse("""
+[kubernetes]
+kubeconfig = /root/.kube/config
+pod_subnet_pool = pods
+pod_router = 5b1c
+""", environ={"KURYR_KUBERNETES_PROJECT_ID": "p1"})
+    kubernetes = config.kubernetes
+    assert (kubernetes.kubeconfig, kubernetes.api_root) == ("/root/.kube/config", None)
+    assert (kubernetes.pod_subnet_pool, kubernetes.pod_router) == ("pods", "5b1c")
+    assert kubernetes.project_id == "p1" and kubernetes.workers == 16
+    with pytest.raises(errors.ConfigError, match="unknown option 'api' in"):
+        settings.parse("[kubernetes]\napi = x\n")

@@ -18,8 +18,10 @@ from kuryr.cli import groups
 # `kuryr cloud up` does not pay for openstacksdk or aiohttp.
 _COMMANDS = {
     "cloud": "kuryr.cli.cloud:cloud",
+    "controller": "kuryr.cli.controller:controller",
     "daemon": "kuryr.cli.daemon:daemon",
     "demo": "kuryr.cli.demo:demo",
+    "gc": "kuryr.cli.gc:gc",
     "install-cni": "kuryr.cli.install_cni:install_cni",
     "libnetwork": "kuryr.cli.libnetwork:libnetwork",
 }

@@ -127,7 +127,10 @@ async def _follow(request: web.Request, response: web.StreamResponse, watch: Wat
             async with asyncio.timeout(max(0.0, wake - now)):
                 item = await watch.control.get()
         except TimeoutError:
-            if watch.is_bookmarks and time.monotonic() >= next_bookmark:
+            # The timeout can fire just as an item arrives (it stays queued): a bookmark
+            # then would claim events not yet sent, and a client resuming from it loses them.
+            if (watch.is_bookmarks and time.monotonic() >= next_bookmark
+                    and watch.control.empty()):
                 # The queue is empty: everything up to the store's revision has been seen.
                 await response.write(_line("BOOKMARK", _bookmark(watch, objects.revision)))
                 next_bookmark = time.monotonic() + bookmark_interval

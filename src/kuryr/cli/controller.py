@@ -1,0 +1,51 @@
+"""``kuryr controller``: Kubernetes Pods and Namespaces onto Neutron ports and networks.
+Runs in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import click
+
+from kuryr import settings, stopping
+from kuryr.controller import running
+
+LOG = logging.getLogger(__name__)
+
+
+def with_kubernetes(config: settings.KuryrSettings, *, kubeconfig: str | None,
+                    api_root: str | None) -> settings.KuryrSettings:
+    """``config`` with the command line's Kubernetes endpoint, if given."""
+    kubernetes = config.kubernetes
+    if api_root:
+        kubernetes = dataclasses.replace(kubernetes, api_root=api_root, kubeconfig=None)
+    elif kubeconfig:
+        kubernetes = dataclasses.replace(kubernetes, kubeconfig=kubeconfig, api_root=None)
+    return dataclasses.replace(config, kubernetes=kubernetes)
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="kuryr.conf to read (default: $KURYR_CONFIG, /etc/kuryr/kuryr.conf, the "
+                   "local cloud's).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True),
+              help="kubeconfig file ([kubernetes] kubeconfig; default: in-cluster).")
+@click.option("--api-root", help="Kubernetes API URL without authentication "
+              "([kubernetes] api_root).")
+def controller(config_file: str | None, kubeconfig: str | None, api_root: str | None) -> None:
+    """Give every pod a Neutron port and every namespace a Neutron network."""
+    config = with_kubernetes(settings.load(config_file), kubeconfig=kubeconfig,
+                             api_root=api_root)
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    asyncio.run(_run(config))
+
+
+async def _run(config: settings.KuryrSettings) -> None:
+    stop = asyncio.Event()
+    stopping.on_signals(stop, name="kuryr controller")
+    await running.run(config, stop=stop)
+    LOG.info("kuryr controller stopped")

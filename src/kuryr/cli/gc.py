@@ -1,0 +1,56 @@
+"""``kuryr gc``: list (and with ``--apply`` remove) Neutron ports and networks tagged for this
+cluster whose pod or namespace no longer exists. Untagged resources are never touched."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from kuryr import errors, settings
+from kuryr.cli import controller as controller_cli
+from kuryr.controller import collecting
+from kuryr.k8s import api
+from kuryr.neutron import client
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="kuryr.conf to read (default: $KURYR_CONFIG, /etc/kuryr/kuryr.conf, the "
+                   "local cloud's).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True),
+              help="kubeconfig file ([kubernetes] kubeconfig; default: in-cluster).")
+@click.option("--api-root", help="Kubernetes API URL without authentication "
+              "([kubernetes] api_root).")
+@click.option("--apply", "is_apply", is_flag=True,
+              help="Remove the orphans (default: only list them).")
+def gc(config_file: str | None, kubeconfig: str | None, api_root: str | None,
+       is_apply: bool) -> None:
+    """Find Neutron resources of this cluster whose Kubernetes owner is gone (dry run unless
+    --apply)."""
+    config = controller_cli.with_kubernetes(settings.load(config_file), kubeconfig=kubeconfig,
+                                            api_root=api_root)
+    failed = asyncio.run(_collect(config, is_apply=is_apply))
+    if failed:
+        raise errors.TemporaryError("could not remove: " + "; ".join(failed))
+
+
+async def _collect(config: settings.KuryrSettings, *, is_apply: bool) -> list[str]:
+    kube = await api.connect(config.kubernetes)
+    neutron = client.Neutron.from_settings(config)
+    try:
+        orphans = await collecting.find_orphans(kube, neutron)
+        verb = "removing" if is_apply else "would remove"
+        for orphan in orphans:
+            click.echo(f"{verb} {orphan.kind} {orphan.resource_id} {orphan.name!r} "
+                       f"(owner {orphan.owner} is gone)")
+        if not orphans:
+            click.echo("no orphans")
+        if not is_apply:
+            if orphans:
+                click.echo("dry run: nothing removed; run with --apply to remove")
+            return []
+        return await collecting.remove(neutron, orphans)
+    finally:
+        neutron.close()
+        await kube.close()

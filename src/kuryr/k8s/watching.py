@@ -1,0 +1,90 @@
+"""A listed-and-watched cache of one Kubernetes resource (an informer).
+
+Owns the list+watch loop: list, then watch from the list's resourceVersion, resume after a
+watch ends, list again after 410 Gone, back off while the API fails. Every change updates the
+cache first and then calls ``on_change(namespace, name)``, so a handler always reads the
+latest state. It does not decide what a change means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kuryr import errors
+from kuryr.k8s import api, resources
+
+LOG = logging.getLogger(__name__)
+Key = tuple[str, str]  # (namespace or "", name)
+
+
+def key_of(obj: api.Object) -> Key:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+class Informer:
+    """The current objects of ``resource`` (all namespaces), kept by list+watch."""
+
+    def __init__(self, kube: api.Kube, resource: resources.Resource, *,
+                 on_change: Callable[[str, str], None], watch_timeout: int = 300) -> None:
+        self.resource = resource
+        self.objects: dict[Key, api.Object] = {}
+        self.synced = asyncio.Event()
+        self._kube = kube
+        self._on_change = on_change
+        self._watch_timeout = watch_timeout
+
+    def get(self, namespace: str | None, name: str) -> api.Object | None:
+        return self.objects.get((namespace or "", name))
+
+    def in_namespace(self, namespace: str) -> list[api.Object]:
+        return [o for (ns, _), o in self.objects.items() if ns == namespace]
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        delay = 0.5
+        version = ""
+        while True:
+            try:
+                if not version:
+                    version = await self._relist()
+                version = await self._watch(version)
+                delay = 0.5
+            except errors.KuryrError as e:
+                LOG.warning("watching %s: %s; again in %.1f s", self.resource.plural, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _relist(self) -> str:
+        items, version = await self._kube.list(self.resource)
+        fresh = {key_of(o): o for o in items}
+        gone = set(self.objects) - set(fresh)
+        self.objects = fresh
+        self.synced.set()
+        for key in [*fresh, *gone]:
+            self._on_change(*key)
+        return version
+
+    async def _watch(self, version: str) -> str:
+        """One watch request; returns the version to resume from ("" to list again)."""
+        async for event in self._kube.watch(self.resource, version,
+                                            timeout=self._watch_timeout):
+            kind = event.get("type")
+            obj: dict[str, Any] = event.get("object") or {}
+            if kind == "ERROR":
+                LOG.info("watch of %s: %s; listing again", self.resource.plural,
+                         obj.get("message"))
+                return ""
+            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+            if kind == "BOOKMARK":
+                continue
+            key = key_of(obj)
+            if kind == "DELETED":
+                self.objects.pop(key, None)
+            else:
+                self.objects[key] = obj
+            self._on_change(*key)
+        return version
