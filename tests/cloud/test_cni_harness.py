@@ -368,29 +368,34 @@ async def test_daemon_killed_after_fast_del(executable: pathlib.Path,
                                             cloud_config: settings.KuryrSettings,
                                             tmp_path: pathlib.Path,
                                             make_netns: Callable[[], str]) -> None:
-    """DEL answers once the host side is unplugged; a daemon SIGKILLed right then, before its
-    background delete, leaves the port unplugged in Neutron, and the next daemon releases it
-    at start-up (no DEL, no GC)."""
+    """DEL answers once the host side is unplugged; a daemon SIGKILLed right then leaves
+    nothing behind once restarted. Whether the kill beat the background delete to Neutron is a
+    race, so the state it would leave (a port of the container, unplugged) is also made
+    deterministically: the next daemon releases it at start-up, before serving."""
     victim = cni.DaemonProcess(tmp_path, config_file=cloud_config.source)
     conf = cni.netconf("1.0.0", cni_net.name, socket_path=victim.socket, name="kuryr-fastdel")
-    ns, cid = make_netns(), container_id()
-    path = f"/run/netns/{ns}"
+    fast, cut = container_id(), container_id()
+    namespaces = {fast: f"/run/netns/{make_netns()}", cut: f"/run/netns/{make_netns()}"}
     with cni.running(victim):
-        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
-                                          container_id=cid, netns=path)
-        assert rc == 0, out
-        (port,) = await ports_of(facade, cid)
+        for cid, path in namespaces.items():
+            rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                              container_id=cid, netns=path)
+            assert rc == 0, out
+        port_ids = {cid: [p.id for p in await ports_of(facade, cid)] for cid in namespaces}
         rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
-                                          container_id=cid, netns=path)
+                                          container_id=fast, netns=namespaces[fast])
         victim.kill()
         assert rc == 0, out
-    assert await leftovers(ovs, port.id) == []  # unplugged before DEL answered
-    assert [p.id for p in await ports_of(facade, cid)] == [port.id]  # not yet deleted
+    assert await leftovers(ovs, port_ids[fast][0]) == []  # unplugged before DEL answered
+    # What a kill between the unplug and the Neutron delete leaves: an unplugged port.
+    await asyncio.to_thread(ovs.unplug_sync, port_ids[cut][0])
+    assert [p.id for p in await ports_of(facade, cut)] == port_ids[cut]
     with cni.running(cni.DaemonProcess(tmp_path, config_file=cloud_config.source)):
         # Released before the daemon serves: no polling needed.
-        assert await ports_of(facade, cid) == []
-    assert "has no OVS interface" in (tmp_path / "daemon.log").read_text()
-    await assert_nothing_left(facade, ovs, cid, [port.id], path)
+        assert await ports_of(facade, cut) == []
+    assert f"releasing port {port_ids[cut][0]}" in (tmp_path / "daemon.log").read_text()
+    for cid, path in namespaces.items():
+        await assert_nothing_left(facade, ovs, cid, port_ids[cid], path)
 
 
 async def test_del_then_add_same_container(executable: pathlib.Path, daemon: cni.DaemonProcess,

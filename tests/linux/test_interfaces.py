@@ -4,6 +4,8 @@ addresses and routes asked for, with TX checksum offload off, and packets cross 
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -111,3 +113,18 @@ def test_name_taken_in_namespace_is_reported(make_netns: Callable[[], str]) -> N
             interfaces.move_to_netns(peer, ns, new_ifname="eth0")
     finally:
         interfaces.delete_link(host)
+
+
+def test_socket_in_a_namespace_leaves_the_thread_in_its_own(
+        make_netns: Callable[[], str]) -> None:
+    """``namespaces.socket_in`` (no child process): the socket lives in the namespace, the
+    calling thread is back in its own, and a missing namespace is a clear error."""
+    own = os.readlink("/proc/thread-self/ns/net")
+    ns = make_netns()
+    with namespaces.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0):
+        assert os.readlink("/proc/thread-self/ns/net") == own
+    seen = interfaces.describe("lo", netns=ns)  # a fresh namespace's lo: down, not the host's
+    assert seen is not None and seen["state"] == "DOWN"
+    with pytest.raises(errors.NamespaceNotFoundError):
+        namespaces.socket_in("kt-no-such-namespace", socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+    assert os.readlink("/proc/thread-self/ns/net") == own

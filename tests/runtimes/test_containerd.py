@@ -8,6 +8,7 @@ test puts a uniquely named conflist there (sorted first) and removes it afterwar
 from __future__ import annotations
 
 import asyncio
+import functools
 import pathlib
 import shutil
 import subprocess
@@ -156,8 +157,9 @@ async def test_ctr_run_cni_containers_on_neutron_ports(
     binder = ovs_binding.OvsBinder(cloud_config.binding)  # type: ignore[attr-defined]
     try:
         for cid, port in zip(ids, ports, strict=True):
-            assert await runtime_neutron.list_ports(
-                tags=[tagging.owner(standalone.TAG_CONTAINER, cni_id(cid))]) == []
+            assert await cni.released(functools.partial(
+                runtime_neutron.list_ports,
+                tags=[tagging.owner(standalone.TAG_CONTAINER, cni_id(cid))])) == []
             tap = ovs_binding.host_ifname(port.id)
             assert not await asyncio.to_thread(interfaces.link_exists, tap)
             assert await asyncio.to_thread(binder.ovsdb.port_external_ids, tap) is None

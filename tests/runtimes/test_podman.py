@@ -5,6 +5,7 @@ port only, and ``podman rm`` leaves no Neutron port, veth or OVS port behind."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import pathlib
 import subprocess
@@ -124,8 +125,9 @@ async def test_podman_containers_on_neutron_ports(
     binder = ovs_binding.OvsBinder(cloud_config.binding)  # type: ignore[attr-defined]
     try:
         for cid, port in zip(ids, ports, strict=True):
-            assert await runtime_neutron.list_ports(
-                tags=[tagging.owner(standalone.TAG_CONTAINER, cid)]) == []
+            assert await cni.released(functools.partial(
+                runtime_neutron.list_ports,
+                tags=[tagging.owner(standalone.TAG_CONTAINER, cid)])) == []
             tap = ovs_binding.host_ifname(port.id)
             assert not await asyncio.to_thread(interfaces.link_exists, tap)
             assert await asyncio.to_thread(binder.ovsdb.port_external_ids, tap) is None

@@ -4,6 +4,7 @@ and what a container interface leaves on the host."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -122,3 +123,18 @@ def invoke(executable: pathlib.Path, command: str, config: Mapping[str, Any] | b
                           timeout=timeout)
     out = json.loads(done.stdout) if done.stdout.strip() else None
     return done.returncode, out
+
+
+RELEASE_TIMEOUT = 60.0
+
+
+async def released(list_ports: Callable[[], Awaitable[list[Any]]], *,
+                   timeout: float = RELEASE_TIMEOUT) -> list[Any]:
+    """What ``list_ports`` returns once it is empty, or at ``timeout``: DEL answers once the
+    host side is unplugged and deletes (or recycles) the Neutron port in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await list_ports()
+        if not found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.2)

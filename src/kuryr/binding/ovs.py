@@ -107,6 +107,11 @@ class OvsBinder:
         interfaces.delete_link(_temp_ifname(port_id))
         LOG.info("unplugged port %s (host end %s)", port_id, host)
 
+    def plugged_port_ids(self) -> set[str]:
+        """The Neutron ports with an OVS interface on this host (blocking). Raises
+        BindingError."""
+        return self.ovsdb.iface_ids()
+
     def _attach_host_end(self, host: str, vif: model.VIF, undo: contextlib.ExitStack) -> None:
         """Bring the host end up and make it the OVS port OVN claims for the Neutron port."""
         interfaces.set_up(host, mtu=vif.mtu)

@@ -66,6 +66,14 @@ class Daemon:
             await self.pool.start()
         self.handler = standalone.Standalone(self.neutron, self.binders, host=host, config=cfg,
                                              pool=self.pool)
+        try:
+            # Before serving: releases a killed daemon left unfinished (their OVS port is gone).
+            released = await self.handler.recover()
+            if released:
+                LOG.info("released %d port(s) left unplugged by a previous run", len(released))
+        except errors.KuryrError as e:
+            LOG.warning("cannot look for ports left unplugged by a previous run: %s; GC will "
+                        "release them", e)
         cni_app = web.Application(client_max_size=4 * 1024 * 1024)
         cni_app.router.add_post("/v1/cni", self.serve_cni)
         await self._listen_unix(cni_app, pathlib.Path(cfg.socket))
@@ -96,6 +104,8 @@ class Daemon:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.handler is not None:
+            await self.handler.close()
         if self.pool is not None:
             await self.pool.close()
         for b in self.binders.values():

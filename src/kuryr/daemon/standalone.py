@@ -3,9 +3,12 @@ each container interface.
 
 ADD creates (or takes from the warm pool) a port on the configuration's network, bound to this
 host and tagged with the container ID, ifname and CNI network name, plugs it and waits for
-ACTIVE; DEL unplugs and deletes (or recycles) it, idempotently and also without a netns; CHECK
-compares ``prevResult`` with the namespace and Neutron; GC removes this host's ports of a CNI
-network whose attachment the runtime no longer knows; STATUS probes Neutron and OVS.
+ACTIVE; DEL unplugs it (OVS port and veth) and answers, then deletes (or recycles) it in the
+background (``releasing``), idempotently and also without a netns; CHECK compares
+``prevResult`` with the namespace and Neutron; GC removes this host's ports of a CNI network
+whose attachment the runtime no longer knows; STATUS probes Neutron and OVS. A container port of
+this host without an OVS interface is one whose release was under way: ``recover`` (at start-up
+and in GC) releases it.
 
 Owns the translation between CNI requests and ``kuryr.ports``; it does not parse requests
 (``kuryr.cni``) nor serve HTTP (``server``).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 import time
@@ -24,7 +28,7 @@ from typing import TypeVar
 from kuryr import binding, errors, settings
 from kuryr.binding import ovs as ovs_binding
 from kuryr.cni import codes, protocol, results
-from kuryr.daemon import locking
+from kuryr.daemon import locking, releasing
 from kuryr.linux import interfaces, namespaces
 from kuryr.neutron import client, resources, tagging
 from kuryr.pools import warm
@@ -74,9 +78,15 @@ class Standalone:
         self.pool = pool
         self.locks = locking.KeyedLocks()
         self._targets: dict[tuple[object, ...], tuple[float, Target]] = {}
-        # Attachments this daemon made: a pooled ADD skips the Neutron lookup of an existing
-        # port unless the runtime repeats an ADD this daemon already served.
-        self._attached: set[protocol.AttachmentKey] = set()
+        # Attachments this daemon made, with their port: a pooled ADD skips the Neutron lookup
+        # of an existing port unless the runtime repeats an ADD this daemon already served, and
+        # DEL of one skips the lookup by tags.
+        self._attached: dict[protocol.AttachmentKey, str] = {}
+        self.releases = releasing.Releases()
+
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Let background releases finish (at most ``timeout`` seconds)."""
+        await self.releases.drain(timeout)
 
     async def handle(self, request: protocol.Request) -> results.Result | None:
         """Run one request; ADD returns its result. Raises CniError or a KuryrError."""
@@ -123,7 +133,7 @@ class Standalone:
                 fixed_ips=[{"subnet_id": target.subnet_id}] if target.subnet_id else None,
                 project_id=target.project_id, name=_port_name(request),
                 active_timeout=self.config.port_active_timeout, mtu=conf.mtu)
-        self._attached.add(request.key)
+        self._attached[request.key] = attachment.port.id
         ours = result_for(attachment, sandbox=request.netns)
         previous = results.from_wire(conf.prev_result) if conf.prev_result else None
         return results.merge(previous, ours)
@@ -181,14 +191,28 @@ class Standalone:
 
     # -- DEL ------------------------------------------------------------------------------------
     async def delete(self, request: protocol.Request) -> None:
-        """Idempotent: no port, link or namespace is success."""
-        self._attached.discard(request.key)
+        """Unplug the host side (OVS port, veth) and return; the port is deleted or recycled
+        in the background. Idempotent: no port, link or namespace is success.
+        Raises BindingError, TemporaryError (listing ports)."""
+        port_id = self._attached.pop(request.key, None)
+        if port_id is not None:
+            port_ids = [port_id]
+        else:
+            if self.pool is not None:
+                await self.pool.settle()  # owner tags of ports just taken from the pool
+            port_ids = [p.id for p in await self._ports_of(request)]
+        for port_id in port_ids:
+            # Unplugged = being released: from here on a crash is recovered at start-up.
+            await lifecycle.detach(self.neutron, self.binders, port_id=port_id,
+                                   netns=request.netns or None, ifname=request.ifname,
+                                   delete_port=False)
+            self.releases.start(port_id, functools.partial(
+                self._release_in_background, port_id, request.config))
+
+    async def _release_in_background(self, port_id: str, conf: protocol.NetConf) -> None:
         if self.pool is not None:
-            await self.pool.settle()  # owner tags of ports just taken from the pool
-        key = await self._recycle_key(request.config)
-        for port in await self._ports_of(request):
-            await self._release(port.id, netns=request.netns or None, ifname=request.ifname,
-                                recycle_into=key)
+            await self.pool.settle()  # a pending retag must not land after the recycle's
+        await self._release(port_id, recycle_into=await self._recycle_key(conf))
 
     async def _recycle_key(self, conf: protocol.NetConf) -> warm.PoolKey | None:
         """The pool a released port of ``conf`` may go back to (None: delete it)."""
@@ -209,10 +233,12 @@ class Standalone:
                                ifname=ifname)
 
     async def _ports_of(self, request: protocol.Request) -> list[resources.Port]:
-        return await self.neutron.list_ports(
+        """The ports of the request's attachment, except those being released."""
+        ports = await self.neutron.list_ports(
             tags=[tagging.owner(TAG_CONTAINER, request.container_id),
                   tagging.owner(TAG_IFNAME, request.ifname)],
             device_owner=lifecycle.DEVICE_OWNER)
+        return [p for p in ports if p.id not in self.releases]
 
     # -- CHECK ----------------------------------------------------------------------------------
     async def check(self, request: protocol.Request) -> None:
@@ -240,6 +266,8 @@ class Standalone:
             for route in previous.routes:
                 if route.gw is not None and f"{route.dst} via {route.gw}" not in seen["routes"]:
                     diffs.append(f"route {route.dst} via {route.gw} is missing")
+        if self.pool is not None:
+            await self.pool.settle()  # owner tags of a port just taken from the pool
         ports = await self._ports_of(request)
         if not ports:
             diffs.append(f"Neutron has no port for container {request.container_id} "
@@ -273,7 +301,7 @@ class Standalone:
             ifname = tagging.value_of(port.tags, TAG_IFNAME)
             if container_id is None or ifname is None:
                 continue
-            if protocol.AttachmentKey(container_id, ifname) in valid:
+            if protocol.AttachmentKey(container_id, ifname) in valid or port.id in self.releases:
                 continue
             if self.locks.is_held(container_id):
                 continue  # an ADD or DEL of it is running right now
@@ -282,7 +310,42 @@ class Standalone:
                          ifname)
                 await self._release(port.id)
                 released.append(port.id)
+        released += await self.recover()
         return released
+
+    async def recover(self) -> list[str]:
+        """Release (delete) this host's CNI container ports that have no OVS interface: ports
+        whose release was cut short (a daemon killed after a DEL answered), or whose ADD died
+        before plugging. Ports of a container with a request running are left alone, and each
+        is checked again under the container's lock. Returns the port IDs released.
+        Raises TemporaryError, BindingError."""
+        plugged = await self._plugged_port_ids()
+        if plugged is None:
+            return []  # no way to tell unplugged from plugged: release nothing
+        ports = await self.neutron.list_ports(device_owner=lifecycle.DEVICE_OWNER,
+                                              **{"binding:host_id": self.host})
+        released = []
+        for port in ports:
+            container_id = tagging.value_of(port.tags, TAG_CONTAINER)
+            if container_id is None or port.id in plugged or port.id in self.releases:
+                continue
+            if self.locks.is_held(container_id):
+                continue
+            async with self.locks.hold(container_id, timeout=self.config.lock_timeout):
+                again = await self._plugged_port_ids()
+                if port.id in self.releases or again is None or port.id in again:
+                    continue  # plugged, or being released, meanwhile
+                LOG.info("releasing port %s of container %s: it has no OVS interface",
+                         port.id, container_id)
+                await self._release(port.id)
+                released.append(port.id)
+        return released
+
+    async def _plugged_port_ids(self) -> set[str] | None:
+        binder = self.binders.get("ovs")
+        if not isinstance(binder, ovs_binding.OvsBinder):
+            return None
+        return await asyncio.to_thread(binder.plugged_port_ids)
 
     # -- STATUS ---------------------------------------------------------------------------------
     async def status(self, conf: protocol.NetConf | None = None) -> None:

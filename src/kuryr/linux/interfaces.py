@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from kuryr import errors, model
 from kuryr.linux import namespaces
 
 IFNAMSIZ = 15
+_NETLINK_ROUTE = 0
 _IFA_F_NODAD = 0x02
 # ethtool feature names of TX checksum offload; with OVS's userspace datapath a veth that
 # offloads checksums sends TCP segments that are never completed, so they must be off.
@@ -38,9 +40,22 @@ def check_ifname(ifname: str) -> None:
 
 @contextlib.contextmanager
 def _ipr(netns: str | None = None) -> Iterator[Any]:
-    """An rtnetlink socket in the host namespace or in ``netns`` (a path; never created)."""
+    """An rtnetlink socket in the host namespace or in ``netns`` (a name or a path; never
+    created)."""
+    # The socket is made in ``netns`` by this thread (namespaces.socket_in), not by a child
+    # process as pyroute2's ``netns=`` does: a fork per socket was most of a pooled ADD.
     try:
-        ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
+        if netns:
+            sock = namespaces.socket_in(netns, socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                        _NETLINK_ROUTE)
+            try:
+                ipr = IPRoute(fileno=sock.fileno())
+            except BaseException:
+                sock.close()
+                raise
+            sock.detach()  # the fd is IPRoute's now; it closes it
+        else:
+            ipr = IPRoute()
     except OSError as e:
         raise errors.NamespaceNotFoundError(f"cannot open network namespace {netns}: {e}") from e
     try:

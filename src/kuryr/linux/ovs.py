@@ -83,6 +83,14 @@ class Ovsdb:
             return None
         return dict(rows[0]["external_ids"])
 
+    def iface_ids(self) -> set[str]:
+        """The ``external_ids:iface-id`` of every Interface, whoever made it: the Neutron
+        ports plugged on this host."""
+        api = self._get_api()
+        rows = self._run("listing of interfaces", api.db_find(
+            "Interface", columns=["external_ids"]))[0]
+        return {r["external_ids"]["iface-id"] for r in rows if "iface-id" in r["external_ids"]}
+
     def owned_ports(self, bridge: str) -> dict[str, dict[str, str]]:
         """Interfaces on ``bridge`` that kuryr created: name -> external_ids."""
         api = self._get_api()
