@@ -120,6 +120,12 @@ class KubernetesSettings:
     from ``pod_subnet_pool`` and are attached to ``pod_router``; a namespace without the
     ``openstack.org/kuryr-project`` annotation lands in ``project_id`` (None: the project of
     the Neutron credentials).
+
+    With ``leader_election`` only the holder of the Lease ``lease_namespace/lease_name`` acts:
+    it renews every ``lease_renew`` seconds and steps down when it could not for
+    ``lease_duration - lease_renew``; the others try every ``lease_retry`` seconds and take
+    the Lease once it is ``lease_duration`` old. ``health_port`` serves ``/healthz``,
+    ``/readyz`` and ``/metrics`` on ``health_host``.
     """
 
     api_root: str | None = None
@@ -129,6 +135,14 @@ class KubernetesSettings:
     project_id: str | None = None
     workers: int = 16
     port_active_poll: float = 1.0
+    leader_election: bool = True
+    lease_name: str = "kuryr-controller"
+    lease_namespace: str = "kube-system"
+    lease_duration: float = 6.0
+    lease_renew: float = 2.0
+    lease_retry: float = 1.0
+    health_host: str = "127.0.0.1"
+    health_port: int = 8082
 
 
 @dataclasses.dataclass(frozen=True)

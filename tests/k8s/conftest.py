@@ -10,6 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import pathlib
+import signal
+import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -83,6 +88,59 @@ class Cluster:
         return await self.neutron.list_networks(tags=list(self.neutron.base_tags))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def environ(cluster: Cluster, **options: str) -> dict[str, str]:
+    """The environment of a ``kuryr`` subprocess for ``cluster``; ``options`` are more
+    ``[kubernetes]`` options (``leader_election="true"``). Without leader election by
+    default: a Lease lives in a namespace (``kube-system``), and every namespace costs a
+    Neutron network."""
+    kubernetes = cluster.config.kubernetes
+    assert cluster.config.source is not None
+    return {**os.environ, "KURYR_CONFIG": cluster.config.source,
+            "KURYR_CLUSTER_ID": cluster.cluster_id,
+            "KURYR_KUBERNETES_API_ROOT": str(kubernetes.api_root),
+            "KURYR_KUBERNETES_POD_SUBNET_POOL": str(kubernetes.pod_subnet_pool),
+            "KURYR_KUBERNETES_POD_ROUTER": str(kubernetes.pod_router),
+            "KURYR_KUBERNETES_PORT_ACTIVE_POLL": "0.2",
+            "KURYR_KUBERNETES_LEADER_ELECTION": "false",
+            "KURYR_KUBERNETES_HEALTH_PORT": str(free_port()),
+            **{f"KURYR_KUBERNETES_{k.upper()}": v for k, v in options.items()}}
+
+
+Start = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+@pytest.fixture
+async def start_controller(cluster: Cluster, tmp_path: pathlib.Path) -> AsyncIterator[Start]:
+    """Starts ``kuryr controller`` processes (keyword arguments: more ``[kubernetes]``
+    options), logging to ``controller-<n>.log`` in the test's directory; any still running
+    are stopped at teardown."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(**options: str) -> asyncio.subprocess.Process:
+        with (tmp_path / f"controller-{len(started)}.log").open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "kuryr", "controller", env=environ(cluster, **options),
+                stdout=asyncio.subprocess.DEVNULL, stderr=log)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), timeout=10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
 async def eventually(check: Callable[[], Any | Awaitable[Any]], *, within: float = 30,
                      what: str = "condition") -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
@@ -112,7 +170,7 @@ async def cluster(cloud_config: settings.KuryrSettings) -> AsyncIterator[Cluster
         async with k8s.serve(resources=resources, namespaces=(), bookmark_interval=5) as api:
             kubernetes = settings.KubernetesSettings(
                 api_root=api.url, pod_subnet_pool=pool.id, pod_router=router.id,
-                port_active_poll=0.2)
+                port_active_poll=0.2, health_port=free_port(), leader_election=False)
             config = dataclasses.replace(cloud_config, cluster_id=cluster_id,
                                          kubernetes=kubernetes)
             yield Cluster(api=api, config=config, neutron=neutron)

@@ -5,54 +5,13 @@ garbage collector removes an orphan port and network and never touches an untagg
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import pytest
 
 from kuryr.controller import context
 from kuryr.neutron import tagging
-from tests.k8s.conftest import Cluster, eventually
+from tests.k8s.conftest import Cluster, Start, environ, eventually
 from tests.support import k8s
-
-
-def _environ(cluster: Cluster) -> dict[str, str]:
-    kubernetes = cluster.config.kubernetes
-    assert cluster.config.source is not None
-    return {**os.environ, "KURYR_CONFIG": cluster.config.source,
-            "KURYR_CLUSTER_ID": cluster.cluster_id,
-            "KURYR_KUBERNETES_API_ROOT": str(kubernetes.api_root),
-            "KURYR_KUBERNETES_POD_SUBNET_POOL": str(kubernetes.pod_subnet_pool),
-            "KURYR_KUBERNETES_POD_ROUTER": str(kubernetes.pod_router),
-            "KURYR_KUBERNETES_PORT_ACTIVE_POLL": "0.2"}
-
-
-Start = Callable[[], Awaitable[asyncio.subprocess.Process]]
-
-
-@pytest.fixture
-async def start_controller(cluster: Cluster) -> AsyncIterator[Start]:
-    """Starts ``kuryr controller`` processes; any still running are killed at teardown."""
-    started: list[asyncio.subprocess.Process] = []
-
-    async def start() -> asyncio.subprocess.Process:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kuryr", "controller", env=_environ(cluster),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
 
 
 async def test_controller_killed_while_creating_ports_restarts_without_duplicate_or_leak(
@@ -97,7 +56,7 @@ async def test_controller_killed_while_creating_ports_restarts_without_duplicate
 
 async def _gc(cluster: Cluster, *args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kuryr", "gc", *args, env=_environ(cluster),
+        sys.executable, "-m", "kuryr", "gc", *args, env=environ(cluster),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
     return process.returncode or 0, out.decode()

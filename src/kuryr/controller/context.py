@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from kuryr import settings
-from kuryr.controller import reacting
+from kuryr.controller import observing, reacting
 from kuryr.k8s import api, watching
 from kuryr.neutron import client, tagging
 
@@ -37,7 +37,10 @@ class Context:
     kube: api.Kube
     neutron: client.Neutron
     reactor: reacting.Reactor
+    metrics: observing.Metrics = dataclasses.field(default_factory=observing.Metrics)
     informers: dict[str, watching.Informer] = dataclasses.field(default_factory=dict)
+    # Pod UID -> monotonic time this controller first saw the pod, until its VIF is active.
+    pods_seen: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def cached(self, plural: str, namespace: str | None, name: str) -> api.Object | None:
         return self.informers[plural].get(namespace, name)

@@ -16,6 +16,7 @@ the KuryrPort finalizer removed -> the pod finalizer removed.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from kuryr import errors
@@ -45,7 +46,9 @@ async def handle_pod(ctx: context.Context, namespace: str, name: str) -> float |
                 await ctx.kube.delete(resources.KURYR_PORTS, namespace, name)
             return None  # the KuryrPort's removal triggers this handler again
         await ctx.kube.set_finalizer(resources.PODS, pod, context.POD_FINALIZER, present=False)
+        ctx.pods_seen.pop(pod["metadata"]["uid"], None)
         return None
+    ctx.pods_seen.setdefault(pod["metadata"]["uid"], time.monotonic())
     await ctx.kube.set_finalizer(resources.PODS, pod, context.POD_FINALIZER, present=True)
     if port is None:
         meta = pod["metadata"]
@@ -70,6 +73,7 @@ async def handle_port(ctx: context.Context, namespace: str, name: str) -> float 
     if not pod_uid:
         raise errors.PermanentError(f"KuryrPort {namespace}/{name} has no spec.podUid")
     if kuryr_port["metadata"].get("deletionTimestamp"):
+        ctx.pods_seen.pop(pod_uid, None)
         for port in await _find_ports(ctx, pod_uid):
             await ctx.neutron.delete_port(port.id)
         await ctx.kube.set_finalizer(resources.KURYR_PORTS, kuryr_port, context.PORT_FINALIZER,
@@ -86,10 +90,14 @@ async def handle_port(ctx: context.Context, namespace: str, name: str) -> float 
     vif_dict["is_active"] = port.status == "ACTIVE"
     status: dict[str, Any] = {"vifs": {IFNAME: {"default": True, "vif": vif_dict}}}
     current = kuryr_port.get("status") or {}
-    if current.get("vifs") != status["vifs"] or current.get("conditions"):
+    is_written = current.get("vifs") != status["vifs"] or bool(current.get("conditions"))
+    if is_written:
         status["conditions"] = None
         await ctx.kube.patch(resources.KURYR_PORTS, namespace, name, {"status": status},
                              status=True)
+    seen = ctx.pods_seen.pop(pod_uid, None) if vif_dict["is_active"] else None
+    if seen is not None and is_written:
+        ctx.metrics.pod_network_ready.observe(time.monotonic() - seen)
     if port.status != "ACTIVE":
         return ctx.config.kubernetes.port_active_poll
     return None

@@ -3,8 +3,9 @@ the reactor, and the routing of changes to handlers.
 
 Owns start-up order (every informer synced before any handler runs, then every cached object
 is reconciled, which is how a restarted controller catches up) and the reporting of a
-PermanentError as a Kubernetes Event plus a ``Failed`` status condition. Not here yet: leader
-election, the periodic garbage collection, health and metrics endpoints.
+PermanentError as a Kubernetes Event plus a ``Failed`` status condition; acting only while
+leading (``leading``), with health and metrics served throughout (``observing``). Not here
+yet: the periodic garbage collection.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import contextlib
 import datetime
 import functools
 import logging
+import time
 
 from kuryr import errors, settings
-from kuryr.controller import context, networks, ports, reacting
+from kuryr.controller import context, leading, networks, observing, ports, reacting
 from kuryr.k8s import api, resources, watching
 from kuryr.neutron import client
 
@@ -30,19 +32,74 @@ _KINDS = {"pod": resources.PODS, "kuryrport": resources.KURYR_PORTS,
 
 async def run(config: settings.KuryrSettings, *, stop: asyncio.Event,
               ready: asyncio.Event | None = None) -> None:
-    """Run the controller until ``stop`` is set; ``ready`` is set once every informer has
-    listed. Raises ConfigError."""
-    kube = await api.connect(config.kubernetes)
-    neutron = client.Neutron.from_settings(config)
+    """Run the controller until ``stop`` is set: serve health and metrics, and act while
+    holding the Lease (``[kubernetes] leader_election``; else at once). Each term as leader
+    starts from a full list, so whatever changed while no one led is reconciled. ``ready`` is
+    set once every informer has listed. Raises ConfigError."""
+    kubernetes = config.kubernetes
+    kube = await api.connect(kubernetes)
+    metrics = observing.Metrics()
+    elector = leading.Elector(kube, kubernetes) if kubernetes.leader_election else None
+    synced = asyncio.Event()
+
+    def is_ready() -> bool:
+        if synced.is_set() or elector is None:
+            return synced.is_set()
+        # A follower is ready to take over while the API answers it.
+        return (not elector.is_leader
+                and time.monotonic() - elector.last_contact < kubernetes.lease_duration)
+
+    try:
+        async with observing.serving(metrics, host=kubernetes.health_host,
+                                     port=kubernetes.health_port, is_ready=is_ready):
+            if elector is None:
+                await _act(config, kube, metrics, stop=stop, synced=synced, ready=ready)
+                return
+            while await elector.acquire(stop):
+                metrics.is_leader.set(1)
+                leave = asyncio.Event()
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(elector.hold(stop, leave), name="hold lease")
+                    relay = group.create_task(_relay(stop, leave), name="relay stop")
+                    try:
+                        await _act(config, kube, metrics, stop=leave, synced=synced,
+                                   ready=ready)
+                    finally:
+                        relay.cancel()
+                metrics.is_leader.set(0)
+                synced.clear()
+    finally:
+        if elector is not None:
+            await elector.release()
+        await kube.close()
+
+
+async def _relay(stop: asyncio.Event, leave: asyncio.Event) -> None:
+    await stop.wait()
+    leave.set()
+
+
+async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observing.Metrics, *,
+               stop: asyncio.Event, synced: asyncio.Event,
+               ready: asyncio.Event | None) -> None:
+    """Lead until ``stop`` is set: list and watch, reconcile every object, react."""
+    neutron = client.Neutron.from_settings(config, observer=metrics.observe_neutron)
 
     async def handle(key: reacting.Key) -> float | None:
-        return await _dispatch(ctx, key)
+        try:
+            delay = await _dispatch(ctx, key)
+        except Exception as e:
+            metrics.observe_reconcile(key[0], type(e).__name__)
+            raise
+        metrics.observe_reconcile(key[0], "ok" if delay is None else "requeued")
+        return delay
 
     async def report(key: reacting.Key, error: errors.PermanentError) -> None:
         await _report(ctx, key, error)
 
     reactor = reacting.Reactor(handle, on_permanent=report, workers=config.kubernetes.workers)
-    ctx = context.Context(config=config, kube=kube, neutron=neutron, reactor=reactor)
+    ctx = context.Context(config=config, kube=kube, neutron=neutron, reactor=reactor,
+                          metrics=metrics)
     started = asyncio.Event()
 
     def changed(plural: str, namespace: str, name: str) -> None:
@@ -62,9 +119,10 @@ async def run(config: settings.KuryrSettings, *, stop: asyncio.Event,
             for plural, informer in ctx.informers.items():
                 for namespace, name in list(informer.objects):
                     _route(ctx, plural, namespace, name)
-            LOG.info("kuryr controller started: %d pods, %d namespaces",
+            LOG.info("kuryr controller acting: %d pods, %d namespaces",
                      len(ctx.informers["pods"].objects),
                      len(ctx.informers["namespaces"].objects))
+            synced.set()
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -74,7 +132,6 @@ async def run(config: settings.KuryrSettings, *, stop: asyncio.Event,
     finally:
         await reactor.close()
         neutron.close()
-        await kube.close()
 
 
 def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None:

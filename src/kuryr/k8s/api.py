@@ -131,6 +131,13 @@ class Kube:
                                                        "status" if status else None),
                                 body=patch, content_type=MERGE_PATCH)
 
+    async def replace(self, resource: resources.Resource, namespace: str | None, name: str,
+                      body: Object) -> Object:
+        """A PUT of the whole object, conditional on ``metadata.resourceVersion`` in ``body``
+        (stale: TemporaryError)."""
+        body = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
+        return await self._json("PUT", resource.path(namespace, name), body=body)
+
     async def delete(self, resource: resources.Resource, namespace: str | None,
                      name: str) -> None:
         """Idempotent: an object already gone is success."""

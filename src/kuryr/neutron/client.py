@@ -22,10 +22,11 @@ import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
 from kuryr import errors, model, settings
-from kuryr.neutron import failures, resources, tagging
+from kuryr.neutron import failures, operations, resources, tagging
 
 LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
+Observer = operations.Observer
 
 
 def connect(config: settings.NeutronSettings) -> openstack.connection.Connection:
@@ -71,17 +72,19 @@ class Neutron:
     """
 
     def __init__(self, conn: openstack.connection.Connection, *, cluster_id: str,
-                 max_workers: int = 8) -> None:
+                 max_workers: int = 8, observer: Observer | None = None) -> None:
         self._conn = conn
+        self._observer = observer
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="neutron")
         self.cluster_id = cluster_id
         self.base_tags = (tagging.KURYR, tagging.cluster(cluster_id))
 
     @classmethod
-    def from_settings(cls, config: settings.KuryrSettings) -> Neutron:
+    def from_settings(cls, config: settings.KuryrSettings, *,
+                      observer: Observer | None = None) -> Neutron:
         return cls(connect(config.neutron), cluster_id=config.cluster_id,
-                   max_workers=config.neutron.max_workers)
+                   max_workers=config.neutron.max_workers, observer=observer)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -98,10 +101,20 @@ class Neutron:
 
     async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        result = "ok"
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except Exception as e:
-            raise failures.translate(e, what) from e
+            error = failures.translate(e, what)
+            result = type(error).__name__
+            raise error from e
+        except BaseException:  # cancelled: the SDK call may still finish in its thread
+            result = "Cancelled"
+            raise
+        finally:
+            if self._observer is not None:
+                self._observer(operations.operation(what), result, time.monotonic() - started)
 
     def _tags(self, extra: Iterable[str]) -> list[str]:
         return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]

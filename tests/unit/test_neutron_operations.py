@@ -1,0 +1,21 @@
+"""The operation label of a Neutron call: few distinct values, no ids or names."""
+
+from __future__ import annotations
+
+import pytest
+
+from kuryr.neutron import operations
+
+
+@pytest.mark.parametrize(("what", "expected"), [
+    ("create port on network 3f2a-11", "create port"),
+    ("create 5 ports on network 3f2a-11", "create ports"),
+    ("find subnet pool kt-pool", "find subnet pool"),
+    ("add subnet 1a to router 2b", "add subnet"),
+    ("tag port 8c1e", "tag port"),
+    ("list ports", "list ports"),
+    ("create network k8s-default-uid", "create network"),
+    ("connect to Neutron", "other"),
+])
+def test_operation_names_leave_ids_and_names_out(what: str, expected: str) -> None:
+    assert operations.operation(what) == expected
