@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 
 LOG = logging.getLogger(__name__)
 
@@ -31,3 +32,18 @@ def on_signals(stop: asyncio.Event, *, name: str) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)
+
+
+def run_service(name: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a long-lived service (``serve(stop)``) with INFO logging until SIGTERM or SIGINT."""
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        on_signals(stop, name=name)
+        await serve(stop)
+        LOG.info("%s stopped", name)
+
+    asyncio.run(main())

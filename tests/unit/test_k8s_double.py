@@ -449,7 +449,7 @@ async def test_dropped_watches_end_or_break(api: k8s.Api, http: aiohttp.ClientSe
 # -- a real client: kubernetes_asyncio --------------------------------------------------------
 
 async def test_kubernetes_asyncio_lists_watches_and_elects(api: k8s.Api) -> None:
-    kubernetes = pytest.importorskip("kubernetes_asyncio")
+    import kubernetes_asyncio as kubernetes
     from kubernetes_asyncio.leaderelection.resourcelock import leaselock
 
     configuration = kubernetes.client.Configuration(host=api.url)

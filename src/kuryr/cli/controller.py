@@ -3,7 +3,6 @@ Runs in the foreground until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 
@@ -38,14 +37,5 @@ def controller(config_file: str | None, kubeconfig: str | None, api_root: str | 
     """Give every pod a Neutron port and every namespace a Neutron network."""
     config = with_kubernetes(settings.load(config_file), kubeconfig=kubeconfig,
                              api_root=api_root)
-    root = logging.getLogger()
-    if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    asyncio.run(_run(config))
+    stopping.run_service("kuryr controller", lambda stop: running.run(config, stop=stop))
 
-
-async def _run(config: settings.KuryrSettings) -> None:
-    stop = asyncio.Event()
-    stopping.on_signals(stop, name="kuryr controller")
-    await running.run(config, stop=stop)
-    LOG.info("kuryr controller stopped")

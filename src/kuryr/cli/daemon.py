@@ -3,7 +3,6 @@ containerd). Runs in the foreground until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 
@@ -38,14 +37,5 @@ def daemon(config_file: str | None, socket_path: str | None, health_port: int | 
         changes["pool_enabled"] = pool
     config = dataclasses.replace(
         config, cni_daemon=dataclasses.replace(config.cni_daemon, **changes))  # type: ignore[arg-type]
-    root = logging.getLogger()
-    if root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    asyncio.run(_run(config))
+    stopping.run_service("kuryr daemon", lambda stop: server.serve(config, stop=stop))
 
-
-async def _run(config: settings.KuryrSettings) -> None:
-    stop = asyncio.Event()
-    stopping.on_signals(stop, name="kuryr daemon")
-    await server.serve(config, stop=stop)
-    LOG.info("kuryr daemon stopped")
