@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+from tests.support import processes
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -64,15 +66,7 @@ class DaemonProcess:
         raise RuntimeError(f"kuryr daemon not up in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, sig=sig, timeout=30)
         self.process = None
 
     def kill(self) -> None:

@@ -13,11 +13,12 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import time
+
+from tests.support import processes
 
 PLUGIN_DIR = pathlib.Path("/run/docker/plugins")
 DOCKER_CLIENT = "/usr/bin/docker"  # the packaged client matches the packaged engine
@@ -83,15 +84,7 @@ class Dockerd:
 
     def stop(self) -> None:
         """Stop our dockerd by PID (containers keep running: live restore)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, timeout=30)
         self.process = None
 
     def unmount(self) -> None:
@@ -180,14 +173,6 @@ class Driver:
             raise RuntimeError(f"kuryr libnetwork exited: {self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, timeout=15)
         self.process = None
         self.socket.unlink(missing_ok=True)

@@ -15,13 +15,7 @@ from kuryr.neutron import client
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="kuryr.conf to read (default: $KURYR_CONFIG, /etc/kuryr/kuryr.conf, the "
-                   "local cloud's).")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False, exists=True),
-              help="kubeconfig file ([kubernetes] kubeconfig; default: in-cluster).")
-@click.option("--api-root", help="Kubernetes API URL without authentication "
-              "([kubernetes] api_root).")
+@controller_cli.kubernetes_options
 @click.option("--apply", "is_apply", is_flag=True,
               help="Remove the orphans (default: only list them).")
 def gc(config_file: str | None, kubeconfig: str | None, api_root: str | None,
