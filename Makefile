@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 KURYR := $(VENV)/bin/kuryr
 
-.PHONY: setup demo demo-down test lint unit clean
+.PHONY: setup demo demo-down test lint unit image image-save clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,19 @@ test: lint
 ## unit: the tests that need neither root nor a cloud
 unit: setup
 	$(VENV)/bin/pytest -ra tests/unit
+
+## image: the container image of the controller and daemon, localhost/kuryr:<version>, built
+##        with podman and no registry (deploy/image/build.sh; base cached in
+##        /var/lib/kuryr/image-cache; needs podman and mmdebstrap)
+image: setup
+	PYTHON=$(VENV)/bin/python deploy/image/build.sh
+
+## image-save: the image and a docker archive of it, dist/kuryr-image-<version>.tar, to load
+##             into a cluster's nodes or push to its registry (IMAGE_FORMAT=oci-archive)
+IMAGE_FORMAT ?= docker-archive
+image-save: setup
+	PYTHON=$(VENV)/bin/python deploy/image/build.sh --format $(IMAGE_FORMAT) --save \
+	    dist/kuryr-image-$$($(VENV)/bin/python -c 'import kuryr; print(kuryr.__version__)').tar
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -14,7 +14,12 @@ daemon become CNI error 11 (try again later), or 50 for STATUS (plugin not avail
 
 The socket is the configuration's ``daemonSocket``, else ``$KURYR_CNI_SOCKET``, else
 ``/run/kuryr/kuryr-cni.sock``. ``$KURYR_CNI_TIMEOUT`` bounds the wait (seconds, default 150).
+
+It runs with the interpreter of the host it is installed on, which may be older than kuryr's
+own (Python 3.7 or later): annotations stay unevaluated, and nothing newer is used.
 """
+
+from __future__ import annotations
 
 import os
 import sys
