@@ -24,6 +24,7 @@ from kuryr import errors
 SYSTEM_CONFIG = pathlib.Path("/etc/kuryr/kuryr.conf")
 DEFAULT_STATE_DIR = pathlib.Path("/var/lib/kuryr/cloud")
 LOCAL_CLOUD_NAME = "kuryr-local"
+MODES = ("standalone", "kubernetes")  # of the node daemon, [cni_daemon] mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,20 @@ class BindingSettings:
 
 @dataclasses.dataclass(frozen=True)
 class CniDaemonSettings:
-    """The node daemon serving CNI requests (``kuryr daemon``) and its warm port pool."""
+    """The node daemon serving CNI requests (``kuryr daemon``) and its warm port pool.
 
+    ``mode`` is ``standalone`` (the daemon creates and deletes each container's Neutron port:
+    podman, containerd) or ``kubernetes`` (it plugs the VIF the controller wrote into the pod's
+    KuryrPort and never calls Neutron; ``[kubernetes]`` says where the API is and ``[binding]
+    host`` is the node's name). In Kubernetes mode ADD waits up to ``vif_timeout`` seconds for
+    the pod's VIF, and as long again for it to become active once plugged; STATUS and
+    ``/readyz`` say not ready while its watch of KuryrPorts has failed for longer than
+    ``watch_stale_after`` seconds.
+    """
+
+    mode: str = "standalone"
+    vif_timeout: float = 60.0
+    watch_stale_after: float = 30.0
     socket: str = "/run/kuryr/kuryr-cni.sock"
     health_address: str = "127.0.0.1"
     health_port: int = 8090
@@ -75,6 +88,11 @@ class CniDaemonSettings:
     pool_batch: int = 5
     # How long a request waits for its container's lock before the runtime hears "busy" (11).
     lock_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise errors.ConfigError(f"[cni_daemon] mode = {self.mode!r}: must be one of "
+                                     f"{', '.join(MODES)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +144,13 @@ class KubernetesSettings:
     ``lease_duration - lease_renew``; the others try every ``lease_retry`` seconds and take
     the Lease once it is ``lease_duration`` old. ``health_port`` serves ``/healthz``,
     ``/readyz`` and ``/metrics`` on ``health_host``.
+
+    ``pod_subnets_driver`` (upstream's name and values): ``namespace`` gives each namespace
+    a network and subnet of its own; ``default`` puts every pod on the subnet ``pod_subnet``
+    (an ID or name) and makes no network per namespace. With ``pool_size`` > 0 the controller
+    keeps that many ready ports per node, network and project, bound to the node, created
+    ``pool_batch`` at a time (0: no pool). Every ``gc_interval`` seconds the leader removes
+    the Neutron resources of this cluster whose owner is gone (0: only ``kuryr gc``).
     """
 
     api_root: str | None = None
@@ -143,6 +168,21 @@ class KubernetesSettings:
     lease_retry: float = 1.0
     health_host: str = "127.0.0.1"
     health_port: int = 8082
+    pod_subnets_driver: str = "namespace"
+    pod_subnet: str | None = None
+    pool_size: int = dataclasses.field(default=0, metadata={"zero_is_off": True})
+    pool_batch: int = 10
+    gc_interval: float = dataclasses.field(default=300.0, metadata={"zero_is_off": True})
+
+    def __post_init__(self) -> None:
+        if self.pod_subnets_driver not in ("namespace", "default"):
+            raise errors.ConfigError(
+                f"[kubernetes] pod_subnets_driver = {self.pod_subnets_driver!r}: must be "
+                "'namespace' or 'default'")
+        if self.pod_subnets_driver == "default" and not self.pod_subnet:
+            raise errors.ConfigError("[kubernetes] pod_subnets_driver = default needs pod_subnet")
+        if self.pool_size < 0 or self.gc_interval < 0:
+            raise errors.ConfigError("[kubernetes] pool_size and gc_interval must not be negative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,11 +307,13 @@ def _build(cls: type[_T], section: str, raw: dict[str, str]) -> _T:
         if field is None:
             known = ", ".join(sorted(fields))
             raise errors.ConfigError(f"unknown option {option!r} in [{section}]; known: {known}")
-        kwargs[option] = _convert(section, option, value, field.type)
+        kwargs[option] = _convert(section, option, value, field.type,
+                                  may_be_zero=bool(field.metadata.get("zero_is_off")))
     return cls(**kwargs)
 
 
-def _convert(section: str, option: str, value: str, type_name: object) -> object:
+def _convert(section: str, option: str, value: str, type_name: object, *,
+             may_be_zero: bool = False) -> object:
     kind = str(type_name)
     if kind == "bool":
         lowered = value.strip().lower()
@@ -283,13 +325,13 @@ def _convert(section: str, option: str, value: str, type_name: object) -> object
     try:
         if kind.startswith("float"):
             number = float(value)
-            if number <= 0:
-                raise ValueError("must be positive")
+            if number < 0 or (number == 0 and not may_be_zero):
+                raise ValueError("must be positive" + (" or 0 (off)" if may_be_zero else ""))
             return number
         if kind.startswith("int"):
             integer = int(value)
-            if integer <= 0:
-                raise ValueError("must be positive")
+            if integer < 0 or (integer == 0 and not may_be_zero):
+                raise ValueError("must be positive" + (" or 0 (off)" if may_be_zero else ""))
             return integer
     except ValueError as e:
         raise errors.ConfigError(f"[{section}] {option} = {value!r}: {e}") from e

@@ -17,17 +17,21 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client import parser
 
 from kuryr import binding, settings
 from kuryr.binding import ovs as ovs_binding
+from kuryr.cli import install_cni
 from kuryr.controller import networks, running
 from kuryr.neutron import client, tagging
+from kuryr.pools import nodes
 from tests.conftest import RUN_ID
-from tests.support import k8s
+from tests.support import cni, k8s
 
 
 @dataclasses.dataclass
@@ -52,10 +56,20 @@ class Cluster:
             meta["annotations"] = {"openstack.org/kuryr-project": project}
         return self.api.store.create(k8s.NAMESPACES, None, {"metadata": meta})
 
-    def create_pod(self, namespace: str, name: str) -> dict[str, Any]:
+    def create_node(self, name: str | None = None) -> dict[str, Any]:
+        """The Node ``name`` (default: this host, the cluster's node), made if missing."""
+        name = name or self.node
+        found = self.get(k8s.NODES, None, name)
+        return found or self.api.store.create(k8s.NODES, None, {"metadata": {"name": name}})
+
+    def create_pod(self, namespace: str, name: str, *, node: str | None = None
+                   ) -> dict[str, Any]:
+        """A pod scheduled on ``node`` (default: the cluster's node), whose Node is made
+        first if missing."""
+        node = self.create_node(node)["metadata"]["name"]
         return self.api.store.create(k8s.PODS, namespace, {
             "metadata": {"name": name},
-            "spec": {"nodeName": self.node, "containers": [{"name": "c", "image": "i"}]}})
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}})
 
     def delete_pod(self, namespace: str, name: str) -> None:
         """Delete as the kubelet finishes it: with no grace period."""
@@ -86,6 +100,11 @@ class Cluster:
 
     async def networks(self) -> list[Any]:
         return await self.neutron.list_networks(tags=list(self.neutron.base_tags))
+
+    async def pool_ports(self, node: str | None = None) -> list[Any]:
+        """The controller's pool ports (of ``node`` only, if given)."""
+        return [p for p in await self.ports()
+                if nodes.pool_node(p) is not None and node in (None, nodes.pool_node(p))]
 
 
 def free_port() -> int:
@@ -141,6 +160,16 @@ async def start_controller(cluster: Cluster, tmp_path: pathlib.Path) -> AsyncIte
                 await process.wait()
 
 
+async def metrics(cluster: Cluster) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The in-process controller's metrics, scraped as Prometheus does: value by (sample
+    name, labels)."""
+    url = f"http://127.0.0.1:{cluster.config.kubernetes.health_port}/metrics"
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        text = await response.text()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in parser.text_string_to_metric_families(text) for s in family.samples}
+
+
 async def eventually(check: Callable[[], Any | Awaitable[Any]], *, within: float = 30,
                      what: str = "condition") -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
@@ -184,7 +213,9 @@ async def cluster(cloud_config: settings.KuryrSettings) -> AsyncIterator[Cluster
 async def _remove_cluster(neutron: client.Neutron, cloud_config: settings.KuryrSettings) -> None:
     binder = ovs_binding.OvsBinder(cloud_config.binding)
     try:
-        for port in await neutron.list_ports(tags=list(neutron.base_tags)):
+        # Pool ports are found by name too: a batch whose tagging was cut short has no tags.
+        for port in [*await neutron.list_ports(tags=list(neutron.base_tags)),
+                     *await neutron.list_ports(name=nodes.port_name(neutron.cluster_id))]:
             await asyncio.to_thread(binder.unplug_sync, port.id)
             await neutron.delete_port(port.id)
     finally:
@@ -201,16 +232,66 @@ def binders(cloud_config: settings.KuryrSettings) -> Any:
         b.close()
 
 
-@pytest.fixture
-async def controller(cluster: Cluster) -> AsyncIterator[asyncio.Task[None]]:
-    """The controller running in this process against the cluster, stopped at teardown."""
+@contextlib.asynccontextmanager
+async def running_controller(cluster: Cluster, **options: Any
+                             ) -> AsyncIterator[asyncio.Task[None]]:
+    """The controller running in this process against the cluster (keyword arguments: other
+    ``[kubernetes]`` settings) for the duration of the block."""
+    kubernetes = dataclasses.replace(cluster.config.kubernetes, **options)
+    config = dataclasses.replace(cluster.config, kubernetes=kubernetes)
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(running.run(cluster.config, stop=stop, ready=ready))
+    task = asyncio.create_task(running.run(config, stop=stop, ready=ready))
     waiting = asyncio.create_task(ready.wait())
     await asyncio.wait([task, waiting], timeout=10, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
     if task.done():
         task.result()
-    yield task
-    stop.set()
-    await asyncio.wait_for(task, timeout=10)
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.fixture
+async def controller(cluster: Cluster) -> AsyncIterator[asyncio.Task[None]]:
+    """The controller running in this process against the cluster, stopped at teardown."""
+    async with running_controller(cluster) as task:
+        yield task
+
+
+# Neutron settings no client can be made from: a daemon that tried would fail to start.
+UNREACHABLE_NEUTRON = {"KURYR_NEUTRON_CLOUD": "kt-no-such-cloud",
+                       "KURYR_NEUTRON_CLOUDS_YAML": "/nonexistent/clouds.yaml",
+                       "KURYR_NEUTRON_AUTH_URL": "http://127.0.0.1:9/v3",
+                       "KURYR_NEUTRON_ENDPOINT_OVERRIDE": "http://127.0.0.1:9/"}
+StartDaemon = Callable[..., cni.DaemonProcess]
+
+
+@pytest.fixture
+def start_daemon(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[StartDaemon]:
+    """Starts ``kuryr daemon --mode kubernetes`` processes on the cluster's node (keyword
+    arguments: more ``[cni_daemon]`` options; ``mode`` another mode), each with its own
+    socket and health port and with Neutron settings that point nowhere. Stopped at
+    teardown."""
+    started: list[cni.DaemonProcess] = []
+
+    def start(mode: str = "kubernetes", **options: str) -> cni.DaemonProcess:
+        env = {**environ(cluster), **UNREACHABLE_NEUTRON, "KURYR_BINDING_HOST": cluster.node,
+               **{f"KURYR_CNI_DAEMON_{k.upper()}": v for k, v in options.items()}}
+        daemon = cni.DaemonProcess(tmp_path_factory.mktemp("kd"), config_file=None, env=env,
+                                   mode=mode)
+        started.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def cni_executable(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The ``kuryr`` CNI executable as ``kuryr install-cni`` installs it."""
+    return install_cni.install_executable(tmp_path_factory.mktemp("cni-bin"))

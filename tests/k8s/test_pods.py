@@ -1,23 +1,24 @@
 """Pods and namespaces onto Neutron, end to end: the controller (in this process) against the
-Kubernetes API double and the real local Neutron; ports plugged into real namespaces with the
-foundation's ``plug_existing``, standing in for the daemon's Kubernetes mode."""
+Kubernetes API double and the real local Neutron; ports plugged into real namespaces by CNI ADD
+through the ``kuryr`` executable and the daemon in Kubernetes mode (a subprocess)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import pathlib
+import uuid
 from typing import Any
 
 from kuryr import model
 from kuryr.controller import running
-from kuryr.ports import lifecycle
-from tests.k8s.conftest import Cluster, eventually
-from tests.support import k8s, peers
+from tests.k8s.conftest import Cluster, StartDaemon, eventually
+from tests.support import cni, k8s, peers
 
 
 async def test_namespace_pods_get_active_ports_that_ping_then_release_everything(
-        cluster: Cluster, controller: asyncio.Task[None], binders: Any,
-        make_netns: Any) -> None:
+        cluster: Cluster, controller: asyncio.Task[None], start_daemon: StartDaemon,
+        cni_executable: pathlib.Path, make_netns: Any) -> None:
     cluster.create_namespace("web")
     network = await eventually(
         lambda: ((cluster.get(k8s.KURYR_NETWORKS, "web", "web") or {}).get("status") or {}
@@ -44,22 +45,29 @@ async def test_namespace_pods_get_active_ports_that_ping_then_release_everything
         assert f"kuryr-cluster={cluster.cluster_id}" in port.tags
         assert any(t == f"kuryr-pod-uid={port.device_id}" for t in port.tags)
 
-    netns = {}
+    daemon = await asyncio.to_thread(start_daemon)
+    netns = {name: make_netns() for name in names}
+    cids = {name: uuid.uuid4().hex for name in names}
+
+    async def cni_call(command: str, name: str) -> tuple[int, dict[str, Any] | None]:
+        uid = pods[name]["metadata"]["uid"]
+        return await asyncio.to_thread(
+            cni.invoke, cni_executable, command, cni.kubernetes_netconf(daemon.socket),
+            container_id=cids[name], netns=f"/run/netns/{netns[name]}",
+            env={"CNI_ARGS": cni.pod_args("web", name, uid, cids[name])})
+
     for name in names:
-        netns[name] = make_netns()
-        await lifecycle.plug_existing(cluster.neutron, binders, port_id=vifs[name].port_id,
-                                      netns=netns[name], ifname="eth0", host=cluster.node)
-    for name in names:
-        await eventually(lambda n=name: (cluster.vif("web", n) or {}).get("is_active"),
-                         what=f"{name} active in KuryrPort status")
+        rc, result = await cni_call("ADD", name)
+        assert rc == 0, result
+        assert result is not None and result["interfaces"][0]["mac"] == vifs[name].mac
+        assert (cluster.vif("web", name) or {}).get("is_active"), "ADD answers once active"
     for target in ("b", "c"):
         address = str(vifs[target].fixed_ips[0].address.ip)
         assert await asyncio.to_thread(peers.ping_eventually, netns["a"], address,
                                        expect=True), f"a cannot ping {target} at {address}"
 
-    # A pod goes: its port goes, then its KuryrPort, then the pod.
-    await lifecycle.detach(cluster.neutron, binders, port_id=vifs["a"].port_id,
-                           netns=netns["a"], ifname="eth0", delete_port=False)
+    # A pod goes: its sandbox (CNI DEL), then its port, then its KuryrPort, then the pod.
+    assert await cni_call("DEL", "a") == (0, None)
     cluster.delete_pod("web", "a")
     await eventually(lambda: cluster.get(k8s.PODS, "web", "a") is None, what="pod a removed")
     assert cluster.get(k8s.KURYR_PORTS, "web", "a") is None
@@ -67,8 +75,7 @@ async def test_namespace_pods_get_active_ports_that_ping_then_release_everything
 
     # Then the namespace: the other pods' ports, then the network, subnet and interface.
     for name in ("b", "c"):
-        await lifecycle.detach(cluster.neutron, binders, port_id=vifs[name].port_id,
-                               netns=netns[name], ifname="eth0", delete_port=False)
+        assert await cni_call("DEL", name) == (0, None)
     cluster.delete_namespace("web")
     await eventually(lambda: cluster.get(k8s.NAMESPACES, None, "web") is None,
                      what="namespace removed")

@@ -33,7 +33,8 @@ class DaemonProcess:
     """``kuryr daemon`` in a subprocess with its own socket, health port and log file."""
 
     def __init__(self, workdir: pathlib.Path, *, config_file: str | None,
-                 env: Mapping[str, str] | None = None, pool: bool = False) -> None:
+                 env: Mapping[str, str] | None = None, pool: bool = False,
+                 mode: str | None = None) -> None:
         self.workdir = workdir
         self.socket = str(workdir / "kuryr-cni.sock")
         self.health_port = free_port()
@@ -41,6 +42,7 @@ class DaemonProcess:
         self.config_file = config_file
         self.env = dict(env or {})
         self.pool = pool
+        self.mode = mode
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 60) -> None:
@@ -48,6 +50,8 @@ class DaemonProcess:
                 "--health-port", str(self.health_port), "--pool" if self.pool else "--no-pool"]
         if self.config_file:
             argv += ["--config", self.config_file]
+        if self.mode:
+            argv += ["--mode", self.mode]
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT / "src")}
         with self.log.open("ab") as log:
             # Its own session: no signal meant for the test run's process group reaches it.
@@ -117,6 +121,20 @@ def invoke(executable: pathlib.Path, command: str, config: Mapping[str, Any] | b
                           timeout=timeout)
     out = json.loads(done.stdout) if done.stdout.strip() else None
     return done.returncode, out
+
+
+def kubernetes_netconf(socket_path: str, *, version: str = "1.0.0",
+                       **extra: Any) -> dict[str, Any]:
+    """The configuration of the conflist ``kuryr install-cni --kubernetes`` writes: no Neutron
+    network, each pod's KuryrPort names it."""
+    return {"cniVersion": version, "name": "kuryr", "type": "kuryr",
+            "daemonSocket": socket_path, **extra}
+
+
+def pod_args(namespace: str, name: str, uid: str, container_id: str) -> str:
+    """``CNI_ARGS`` as a kubelet's runtime (containerd, CRI-O) passes them for a pod."""
+    return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
+            f"K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid}")
 
 
 RELEASE_TIMEOUT = 60.0

@@ -43,6 +43,14 @@ def test_valid_add_is_parsed(version: str) -> None:
     assert request.config.daemon_socket == "/x.sock"
 
 
+def test_kubernetes_mode_configuration_names_no_network() -> None:
+    bare = {k: v for k, v in conf().items() if k != "network"}
+    request = protocol.parse_request(ENV, json.dumps(bare), needs_network=False)
+    assert request.config.network == ""
+    assert code_of(ENV, bare) == codes.INVALID_CONFIG  # standalone mode needs one
+    assert install_cni.conflist(name="kuryr", network=None)["plugins"] == [{"type": "kuryr"}]
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_errors_have_the_spec_codes(version: str) -> None:
     assert code_of(ENV, "{not json") == codes.DECODE_FAILURE

@@ -74,10 +74,13 @@ def test_workload_commands_options_and_references_exist(workload: dict[str, Any]
             assert command[0] == "kuryr"
             sub = main.main.get_command(ctx, command[1])
             assert sub is not None, f"no command kuryr {command[1]}"
-            options = {o for p in sub.params for o in p.opts}
-            for word in command[2:]:
+            options = {o: p for p in sub.params for o in p.opts}
+            for word, following in zip(command[2:], [*command[3:], None], strict=True):
                 if word.startswith("--"):
                     assert word in options, f"kuryr {command[1]} has no option {word}"
+                    kind = options[word].type
+                    if isinstance(kind, click.Choice):
+                        assert following in kind.choices, (word, following)
                 if word.startswith("$("):
                     assert word[2:-1] in {e["name"] for e in container.get("env", [])}
             for ref in container.get("env", []):
@@ -106,9 +109,53 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
              if config.lease_name in rule.get("resourceNames", [config.lease_name])}
     assert {"create", "get", "update"} <= verbs
     cluster_role = _one("ClusterRole", "kuryr-controller")
-    granted = {r for rule in cluster_role["rules"] for r in rule["resources"]}
-    assert {"pods", "namespaces", "kuryrports", "kuryrnetworks", "events"} <= granted
+    granted = {(group, resource, verb) for rule in cluster_role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    informed = {(group, resource, verb) for group, resource in (
+        ("", "pods"), ("", "namespaces"), ("", "nodes"),
+        ("openstack.org", "kuryrports"), ("openstack.org", "kuryrnetworks"))
+        for verb in ("get", "list", "watch")}
+    assert informed <= granted, informed - granted
+    assert {("", "pods", "patch"), ("", "events", "create"),
+            ("openstack.org", "kuryrports/status", "patch"),
+            ("openstack.org", "kuryrnetworks/status", "patch")} <= granted
+    assert not {(g, r, v) for g, r, v in granted
+                if r in ("pods", "namespaces", "nodes") and v in ("create", "delete", "update")}, \
+        "the controller never creates, deletes or replaces Pods, Namespaces or Nodes"
     assert {crd["spec"]["names"]["plural"] for crd in DOCS
             if crd["kind"] == "CustomResourceDefinition"} == {"kuryrports", "kuryrnetworks"}
 
 
+def test_daemon_runs_in_kubernetes_mode_on_its_node_without_openstack_credentials() -> None:
+    pod = _one("DaemonSet", "kuryr-daemon")["spec"]["template"]["spec"]
+    (install,) = pod["initContainers"]
+    assert "--kubernetes" in install["command"] and "--network" not in install["command"]
+    (daemon,) = pod["containers"]
+    command = daemon["command"]
+    assert command[command.index("--mode") + 1] == "kubernetes"
+    env = {e["name"]: e for e in daemon.get("env", [])}
+    assert env["KURYR_BINDING_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    mounted = {m["name"] for c in [*pod["initContainers"], *pod["containers"]]
+               for m in c["volumeMounts"]}
+    secrets = {v["name"] for v in pod["volumes"] if "secret" in v}
+    assert not mounted & secrets, "the daemon needs no secret: it never calls Neutron"
+    assert _config().cni_daemon.vif_timeout < 150, "within the CNI executable's own bound"
+
+
+def test_daemon_rbac_is_least_privilege() -> None:
+    account = _one("ServiceAccount", "kuryr-daemon")
+    assert account.get("automountServiceAccountToken", True), "Kubernetes mode needs a token"
+    binding = _one("ClusterRoleBinding", "kuryr-daemon")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kuryr-daemon",
+                                    "namespace": "kube-system"}]
+    role = _one("ClusterRole", binding["roleRef"]["name"])
+    granted = {(group, resource, verb) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert granted == {("openstack.org", "kuryrports", "list"),
+                       ("openstack.org", "kuryrports", "watch"),
+                       ("", "events", "create")}
+    assert not [d for d in DOCS if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and d["metadata"]["name"] != "kuryr-daemon"
+                and any(s["name"] == "kuryr-daemon" for s in d["subjects"])]

@@ -53,6 +53,7 @@ def test_environment_overrides_file() -> None:
     ("[neutron]\nmax_workers = -2\n", "must be positive"),
     ("[DEFAULT]\ncluster_id = a,b\n", "cluster_id"),
     ("neutron]\n", "malformed configuration"),
+    ("[cni_daemon]\nmode = k8s\n", "mode = 'k8s': must be one of standalone, kubernetes"),
 ])
 def test_mistakes_are_named(text: str, message: str) -> None:
     with pytest.raises(errors.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -93,3 +94,11 @@ pod_router = 5b1c
     assert kubernetes.project_id == "p1" and kubernetes.workers == 16
     with pytest.raises(errors.ConfigError, match="unknown option 'api' in"):
         settings.parse("[kubernetes]\napi = x\n")
+
+
+def test_daemon_mode_and_vif_bound_are_read_and_overridable() -> None:
+    default = settings.parse("")
+    assert (default.cni_daemon.mode, default.cni_daemon.vif_timeout) == ("standalone", 60.0)
+    config = settings.parse("[cni_daemon]\nmode = kubernetes\nvif_timeout = 5\n",
+                            environ={"KURYR_CNI_DAEMON_VIF_TIMEOUT": "2.5"})
+    assert (config.cni_daemon.mode, config.cni_daemon.vif_timeout) == ("kubernetes", 2.5)

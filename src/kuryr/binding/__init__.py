@@ -7,6 +7,7 @@ Every binder is idempotent and rolls back what it did when a step fails.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from kuryr import errors, model, settings
@@ -15,8 +16,11 @@ from kuryr import errors, model, settings
 class Binder(Protocol):
     """Plugs a VIF into a network namespace under ``ifname`` and unplugs it."""
 
-    async def plug(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
-        """Raises NamespaceNotFoundError, BindingError."""
+    async def plug(self, vif: model.VIF, *, netns: str, ifname: str,
+                   owner_ids: Mapping[str, str] | None = None) -> None:
+        """``owner_ids`` are recorded with the plugged port (OVS ``external_ids``), so that
+        whoever plugged it can find it again from the host alone.
+        Raises NamespaceNotFoundError, BindingError."""
 
     async def plug_host_side(self, vif: model.VIF, *, peer_ifname: str) -> None:
         """Plug ``vif`` but leave the container end in the host namespace as ``peer_ifname``,

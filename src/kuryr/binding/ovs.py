@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from kuryr import errors, model, settings
 from kuryr.linux import interfaces, namespaces, ovs
@@ -37,12 +38,17 @@ class OvsBinder:
     def close(self) -> None:
         self.ovsdb.close()
 
-    async def plug(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
-        """Plug ``vif`` into ``netns`` as ``ifname``. Idempotent; on failure nothing is left.
+    async def plug(self, vif: model.VIF, *, netns: str, ifname: str,
+                   owner_ids: Mapping[str, str] | None = None) -> None:
+        """Plug ``vif`` into ``netns`` as ``ifname``, with ``owner_ids`` added to the OVS
+        Interface's ``external_ids`` (an earlier plug's values of the same keys are
+        replaced).
+        Idempotent; on failure nothing is left.
 
         Raises NamespaceNotFoundError, BindingError, PermanentError (bad ifname).
         """
-        await asyncio.to_thread(self.plug_sync, vif, netns=netns, ifname=ifname)
+        await asyncio.to_thread(self.plug_sync, vif, netns=netns, ifname=ifname,
+                                owner_ids=owner_ids)
 
     async def unplug(self, vif: model.VIF, *, netns: str | None = None,
                      ifname: str | None = None) -> None:
@@ -73,7 +79,8 @@ class OvsBinder:
         LOG.info("plugged port %s with its container end %s in the host namespace (host end "
                  "%s)", vif.port_id, peer_ifname, host)
 
-    def plug_sync(self, vif: model.VIF, *, netns: str, ifname: str) -> None:
+    def plug_sync(self, vif: model.VIF, *, netns: str, ifname: str,
+                  owner_ids: Mapping[str, str] | None = None) -> None:
         interfaces.check_ifname(ifname)
         path = namespaces.resolve(netns)
         host = host_ifname(vif.port_id)
@@ -91,7 +98,7 @@ class OvsBinder:
                 ifname, netns=path, mtu=vif.mtu,
                 addresses=[f.address for f in vif.fixed_ips],
                 gateways=vif.gateways(), routes=vif.routes())
-            self._attach_host_end(host, vif, undo)
+            self._attach_host_end(host, vif, undo, owner_ids=owner_ids)
             undo.pop_all()
         LOG.info("plugged port %s into %s as %s (host end %s)", vif.port_id, netns, ifname, host)
 
@@ -112,11 +119,20 @@ class OvsBinder:
         BindingError."""
         return self.ovsdb.iface_ids()
 
-    def _attach_host_end(self, host: str, vif: model.VIF, undo: contextlib.ExitStack) -> None:
+    def owned_ports(self) -> dict[str, dict[str, str]]:
+        """The ports kuryr plugged into the bridge: Neutron port ID -> the Interface's
+        ``external_ids`` (with the ``owner_ids`` of their plug). Blocking; raises
+        BindingError."""
+        found = self.ovsdb.owned_ports(self.config.ovs_bridge)
+        return {ids["iface-id"]: ids for ids in found.values() if ids.get("iface-id")}
+
+    def _attach_host_end(self, host: str, vif: model.VIF, undo: contextlib.ExitStack, *,
+                         owner_ids: Mapping[str, str] | None = None) -> None:
         """Bring the host end up and make it the OVS port OVN claims for the Neutron port."""
         interfaces.set_up(host, mtu=vif.mtu)
         undo.callback(self._undo_ovs_port, host)
         self.ovsdb.add_port(self.config.ovs_bridge, host, external_ids={
+            **(owner_ids or {}),
             "iface-id": vif.port_id,
             "attached-mac": vif.mac,
             "iface-status": "active",

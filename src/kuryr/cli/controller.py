@@ -1,5 +1,6 @@
-"""``kuryr controller``: Kubernetes Pods and Namespaces onto Neutron ports and networks.
-Runs in the foreground until SIGTERM or SIGINT."""
+"""``kuryr controller``: Kubernetes Pods and Namespaces onto Neutron ports and networks, with
+per-node port pools and periodic garbage collection. Runs in the foreground until SIGTERM or
+SIGINT."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ _KUBERNETES_OPTIONS = [
 @click.command()
 @kubernetes_options
 def controller(config_file: str | None, kubeconfig: str | None, api_root: str | None) -> None:
-    """Give every pod a Neutron port and every namespace a Neutron network."""
+    """Give every pod a Neutron port and every namespace a Neutron network (or the default
+    subnet), from per-node port pools if [kubernetes] pool_size is set, and remove orphans
+    every [kubernetes] gc_interval."""
     config = with_kubernetes(settings.load(config_file), kubeconfig=kubeconfig,
                              api_root=api_root)
     stopping.run_service("kuryr controller", lambda stop: running.run(config, stop=stop))

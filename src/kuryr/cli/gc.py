@@ -1,5 +1,7 @@
 """``kuryr gc``: list (and with ``--apply`` remove) Neutron ports and networks tagged for this
-cluster whose pod or namespace no longer exists. Untagged resources are never touched."""
+cluster whose pod, namespace or Node no longer exists (``kuryr.controller.collecting``; the
+leading controller also does this every ``[kubernetes] gc_interval``). Untagged resources are
+never touched."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from kuryr.neutron import client
               help="Remove the orphans (default: only list them).")
 def gc(config_file: str | None, kubeconfig: str | None, api_root: str | None,
        is_apply: bool) -> None:
-    """Find Neutron resources of this cluster whose Kubernetes owner is gone (dry run unless
-    --apply)."""
+    """Find Neutron resources of this cluster whose Kubernetes owner (pod, namespace, Node)
+    is gone (dry run unless --apply)."""
     config = controller_cli.with_kubernetes(settings.load(config_file), kubeconfig=kubeconfig,
                                             api_root=api_root)
     failed = asyncio.run(_collect(config, is_apply=is_apply))
@@ -33,7 +35,8 @@ async def _collect(config: settings.KuryrSettings, *, is_apply: bool) -> list[st
     kube = await api.connect(config.kubernetes)
     neutron = client.Neutron.from_settings(config)
     try:
-        orphans = await collecting.find_orphans(kube, neutron)
+        orphans = await collecting.find_orphans(neutron,
+                                                lambda: collecting.listed_owners(kube))
         verb = "removing" if is_apply else "would remove"
         for orphan in orphans:
             click.echo(f"{verb} {orphan.kind} {orphan.resource_id} {orphan.name!r} "

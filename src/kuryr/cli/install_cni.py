@@ -1,8 +1,11 @@
 """``kuryr install-cni``: put the ``kuryr`` CNI executable into a runtime's CNI bin dir and write
-a network configuration list for a Neutron network into its conf dir.
+a network configuration list for a Neutron network (or, for the daemon's Kubernetes mode, for
+the pods' own networks) into its conf dir.
 
 The executable is ``kuryr/cni/shim.py`` with its interpreter line rewritten to name a real
-interpreter binary (never a shim script such as pyenv's) started with ``-IS``.
+interpreter binary (never a shim script such as pyenv's) started with ``-IS``. Installed from a
+container image onto its host (the DaemonSet's init container), the line must name the host's
+interpreter, not the image's: ``--host-python`` writes a host path as given.
 """
 
 from __future__ import annotations
@@ -37,19 +40,31 @@ def shim_text(python: str) -> str:
 
 
 def install_executable(bin_dir: pathlib.Path, *, python: str | None = None,
+                       host_python: str | None = None,
                        name: str = EXECUTABLE) -> pathlib.Path:
-    """Write the executable atomically into ``bin_dir``; returns its path."""
+    """Write the executable atomically into ``bin_dir``; returns its path. ``host_python`` is
+    an interpreter path on the machine that will run the executable, written as given: it is
+    neither looked for nor resolved in this file system (a container image's, say).
+
+    Raises click.ClickException if ``host_python`` is not absolute, or no interpreter is found.
+    """
+    if host_python is not None and not os.path.isabs(host_python):
+        raise click.ClickException(f"the host's interpreter must be an absolute path, not "
+                                   f"{host_python!r}")
     bin_dir.mkdir(parents=True, exist_ok=True)
     target = bin_dir / name
-    _write_atomically(target, shim_text(interpreter(python)), mode=0o755)
+    _write_atomically(target, shim_text(host_python or interpreter(python)), mode=0o755)
     return target
 
 
-def conflist(*, name: str, network: str, cni_version: str = "1.0.0",
+def conflist(*, name: str, network: str | None, cni_version: str = "1.0.0",
              subnet: str | None = None, security_groups: tuple[str, ...] = (),
              project: str | None = None, mtu: int | None = None,
              daemon_socket: str | None = None, portmap: bool = False) -> dict[str, Any]:
-    plugin: dict[str, Any] = {"type": EXECUTABLE, "network": network}
+    """A conflist with kuryr's plugin (``network`` None: for the daemon's Kubernetes mode)."""
+    plugin: dict[str, Any] = {"type": EXECUTABLE}
+    if network:
+        plugin["network"] = network
     if subnet:
         plugin["subnet"] = subnet
     if security_groups:
@@ -91,8 +106,11 @@ def _write_atomically(target: pathlib.Path, text: str, *, mode: int) -> None:
               default="/opt/cni/bin", show_default=True, help="The runtime's CNI bin dir.")
 @click.option("--conf-dir", type=click.Path(file_okay=False, path_type=pathlib.Path),
               default="/etc/cni/net.d", show_default=True, help="The runtime's CNI conf dir.")
-@click.option("--network", help="Neutron network (name or ID); without it only the "
-              "executable is installed.")
+@click.option("--network", help="Neutron network (name or ID); without it (and without "
+              "--kubernetes) only the executable is installed.")
+@click.option("--kubernetes", "for_kubernetes", is_flag=True,
+              help="Write a conflist for the daemon's Kubernetes mode: it names no Neutron "
+                   "network, each pod's KuryrPort does.")
 @click.option("--name", "net_name", default="kuryr", show_default=True,
               help="CNI network name (podman run --network NAME).")
 @click.option("--subnet", help="Neutron subnet (name or ID) to take addresses from.")
@@ -106,15 +124,30 @@ def _write_atomically(target: pathlib.Path, text: str, *, mode: int) -> None:
 @click.option("--daemon-socket", help="The daemon's socket, if not the default.")
 @click.option("--portmap/--no-portmap", default=False,
               help="Chain the portmap plugin (podman run -p).")
-@click.option("--python", help="Interpreter for the executable (a real binary).")
+@click.option("--python", help="Interpreter for the executable (a real binary), found and "
+              "resolved on this machine; default /usr/bin/python3, else this interpreter.")
+@click.option("--host-python", help="Interpreter for the executable as an absolute path on "
+              "the host that will run it, written as given (not checked here): when installing "
+              "from a container onto its host, e.g. /usr/bin/python3. A real binary, never a "
+              "shim script.")
 def install_cni(bin_dir: pathlib.Path, conf_dir: pathlib.Path, network: str | None,
-                net_name: str, subnet: str | None, security_groups: tuple[str, ...],
+                for_kubernetes: bool, net_name: str, subnet: str | None,
+                security_groups: tuple[str, ...],
                 project: str | None, mtu: int | None, cni_version: str,
-                daemon_socket: str | None, portmap: bool, python: str | None) -> None:
+                daemon_socket: str | None, portmap: bool, python: str | None,
+                host_python: str | None) -> None:
     """Install the kuryr CNI executable and a network configuration list."""
-    path = install_executable(bin_dir, python=python)
+    if python and host_python:
+        raise click.UsageError("--python and --host-python exclude each other")
+    if network and for_kubernetes:
+        raise click.UsageError("--network and --kubernetes exclude each other: in Kubernetes "
+                               "mode each pod's KuryrPort names its network")
+    if for_kubernetes and (subnet or security_groups or project):
+        raise click.UsageError("--subnet, --security-group and --project do not apply to "
+                               "--kubernetes: the controller chooses each pod's port")
+    path = install_executable(bin_dir, python=python, host_python=host_python)
     click.echo(f"installed {path}")
-    if network:
+    if network or for_kubernetes:
         written = write_conflist(conf_dir, conflist(
             name=net_name, network=network, cni_version=cni_version, subnet=subnet,
             security_groups=security_groups, project=project, mtu=mtu,

@@ -5,7 +5,8 @@ Owns what a valid request is for each command and spec version (which variables 
 which config keys kuryr reads) and the errors (codes 1, 4, 6, 7) for invalid ones. It does no
 I/O; results live in ``results``, codes in ``codes``.
 
-kuryr's keys in a network configuration: ``network`` (Neutron network name or ID, required),
+kuryr's keys in a network configuration: ``network`` (Neutron network name or ID; required
+in standalone mode, unused in Kubernetes mode, where each pod's KuryrPort names its network),
 ``subnet`` (name or ID), ``securityGroups`` (names or IDs), ``project`` (ID), ``mtu``,
 ``daemonSocket`` (the daemon's unix socket, read by the shim).
 """
@@ -45,7 +46,7 @@ class NetConf:
 
     cni_version: str
     name: str
-    network: str
+    network: str  # "" when not given (Kubernetes mode)
     subnet: str | None = None
     security_groups: tuple[str, ...] | None = None
     project: str | None = None
@@ -78,9 +79,10 @@ def version_tuple(version: str) -> tuple[int, ...]:
         return (0,)
 
 
-def parse_config(stdin: str | bytes | Mapping[str, Any]) -> NetConf:
-    """Parse the network configuration. Raises CniError 6 (not JSON), 1 (unsupported
-    cniVersion), 7 (invalid)."""
+def parse_config(stdin: str | bytes | Mapping[str, Any], *,
+                 needs_network: bool = True) -> NetConf:
+    """Parse the network configuration (``needs_network``: a ``network`` is required).
+    Raises CniError 6 (not JSON), 1 (unsupported cniVersion), 7 (invalid)."""
     raw = _decode(stdin)
     version = raw.get("cniVersion")
     if not isinstance(version, str) or not version:
@@ -97,7 +99,9 @@ def parse_config(stdin: str | bytes | Mapping[str, Any]) -> NetConf:
                              "a name starts with a letter or digit, then letters, digits, "
                              "'_', '.' or '-'")
     network = raw.get("network")
-    if not isinstance(network, str) or not network.strip():
+    if network is None and not needs_network:
+        network = ""
+    elif not isinstance(network, str) or (needs_network and not network.strip()):
         raise codes.CniError(codes.INVALID_CONFIG,
                              f"network configuration {name!r} does not name a Neutron network",
                              'add "network": "<Neutron network name or ID>" to the kuryr '
@@ -114,13 +118,14 @@ def parse_config(stdin: str | bytes | Mapping[str, Any]) -> NetConf:
     )
 
 
-def parse_request(environ: Mapping[str, str], stdin: str | bytes | Mapping[str, Any]) -> Request:
+def parse_request(environ: Mapping[str, str], stdin: str | bytes | Mapping[str, Any], *,
+                  needs_network: bool = True) -> Request:
     """Parse a whole request. Raises CniError 4 (environment), 6, 1, 7 (configuration)."""
     command = environ.get("CNI_COMMAND", "")
     if command not in COMMANDS:
         raise codes.CniError(codes.INVALID_ENVIRONMENT,
                              f"CNI_COMMAND is {command!r}, not one of {', '.join(COMMANDS)}")
-    config = parse_config(stdin)
+    config = parse_config(stdin, needs_network=needs_network)
     if version_tuple(config.cni_version) < version_tuple(_SINCE[command]):
         raise codes.CniError(codes.INCOMPATIBLE_VERSION,
                              f"{command} needs cniVersion {_SINCE[command]} or later; the "

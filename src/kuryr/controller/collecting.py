@@ -1,21 +1,30 @@
 """Garbage collection: Neutron resources tagged for this cluster whose Kubernetes owner is gone.
 
-Owns finding orphans and (``apply``) removing them: ports whose ``kuryr-pod-uid`` names no
-live pod, networks (with their router interfaces and subnets) whose ``kuryr-namespace-uid``
-names no live namespace. Only resources carrying both ``kuryr`` and this cluster's tag are
-looked at; nothing untagged is ever touched. Neutron is listed before Kubernetes, so an owner
-created after the listing cannot have its new resource taken for an orphan.
+Owns finding orphans and (``remove``) removing them: ports whose ``kuryr-pod-uid`` names no
+live pod; pool ports (``kuryr.pools.nodes``) of a Node that no longer exists, handed to a pod
+that no longer exists, or on an orphaned network; networks (with their router interfaces and
+subnets) whose ``kuryr-namespace-uid`` names no live namespace. Only resources carrying both
+``kuryr`` and this cluster's tag are looked at; nothing untagged is ever touched. Neutron is
+listed before the owners are read, so an owner created after the listing cannot have its new
+resource taken for an orphan.
+
+Run on demand by ``kuryr gc`` (owners listed from the API) and, every ``[kubernetes]
+gc_interval`` seconds, by the leading controller (``collect_periodically``; owners from its
+informers, which have seen every owner before any of its resources was made).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 
 from kuryr import errors
-from kuryr.controller import networks
+from kuryr.controller import context, networks
 from kuryr.k8s import api, resources
 from kuryr.neutron import client, tagging
+from kuryr.pools import nodes
 from kuryr.ports import lifecycle
 
 LOG = logging.getLogger(__name__)
@@ -31,24 +40,65 @@ class Orphan:
     owner: str  # the owner tag
 
 
-async def find_orphans(kube: api.Kube, neutron: client.Neutron) -> list[Orphan]:
-    """Orphaned ports and networks of this cluster. Raises TemporaryError, PermanentError."""
+@dataclasses.dataclass(frozen=True)
+class Owners:
+    """What may own Neutron resources: live pods (UIDs), namespaces (UIDs) and Nodes."""
+
+    pod_uids: frozenset[str]
+    namespace_uids: frozenset[str]
+    nodes: frozenset[str]
+
+
+async def listed_owners(kube: api.Kube) -> Owners:
+    """The owners as the API lists them now. Raises TemporaryError, PermanentError."""
+    pods, _ = await kube.list(resources.PODS)
+    namespaces, _ = await kube.list(resources.NAMESPACES)
+    node_list, _ = await kube.list(resources.NODES)
+    return Owners(pod_uids=frozenset(p["metadata"]["uid"] for p in pods),
+                  namespace_uids=frozenset(n["metadata"]["uid"] for n in namespaces),
+                  nodes=frozenset(n["metadata"]["name"] for n in node_list))
+
+
+def cached_owners(ctx: context.Context) -> Owners:
+    """The owners in the controller's informers."""
+    def uids(plural: str) -> frozenset[str]:
+        return frozenset(o["metadata"]["uid"] for o in ctx.informers[plural].objects.values())
+
+    return Owners(pod_uids=uids("pods"), namespace_uids=uids("namespaces"),
+                  nodes=frozenset(name for _, name in ctx.informers["nodes"].objects))
+
+
+async def find_orphans(neutron: client.Neutron,
+                       owners: Callable[[], Awaitable[Owners]]) -> list[Orphan]:
+    """Orphaned ports and networks of this cluster; ``owners`` is read after Neutron is
+    listed. Raises TemporaryError, PermanentError."""
     base = list(neutron.base_tags)
     ports = await neutron.list_ports(tags=base, device_owner=lifecycle.DEVICE_OWNER)
     nets = await neutron.list_networks(tags=base)
-    pods, _ = await kube.list(resources.PODS)
-    namespaces, _ = await kube.list(resources.NAMESPACES)
-    pod_uids = {p["metadata"]["uid"] for p in pods}
-    namespace_uids = {n["metadata"]["uid"] for n in namespaces}
+    live = await owners()
     found: list[Orphan] = []
-    for port in ports:
-        owner = tagging.value_of(port.tags, "pod-uid")
-        if owner is not None and owner not in pod_uids:
-            found.append(Orphan("port", port.id, port.name, f"pod {owner}"))
+    orphaned_networks: set[str] = set()
     for net in nets:
         owner = tagging.value_of(net.tags, "namespace-uid")
-        if owner is not None and owner not in namespace_uids:
+        if owner is not None and owner not in live.namespace_uids:
             found.append(Orphan("network", net.id, net.name, f"namespace {owner}"))
+            orphaned_networks.add(net.id)
+    for port in ports:
+        owner = tagging.value_of(port.tags, "pod-uid")
+        node = nodes.pool_node(port)
+        if owner is not None:
+            gone = None if owner in live.pod_uids else f"pod {owner}"
+        elif node is None:
+            gone = None
+        elif not nodes.is_unowned(port):  # handed to a pod; its owner tag not written yet
+            gone = None if port.device_id in live.pod_uids else f"pod {port.device_id}"
+        elif node not in live.nodes:
+            gone = f"node {node}"
+        else:
+            gone = f"network {port.network_id}" if port.network_id in orphaned_networks \
+                else None
+        if gone is not None:
+            found.append(Orphan("port", port.id, port.name, gone))
     return found
 
 
@@ -65,3 +115,29 @@ async def remove(neutron: client.Neutron, orphans: list[Orphan]) -> list[str]:
         except errors.KuryrError as e:
             failed.append(f"{orphan.kind} {orphan.resource_id}: {e}")
     return failed
+
+
+async def collect_periodically(ctx: context.Context, *, interval: float) -> None:
+    """Every ``interval`` seconds (the first time one interval after the start), find and
+    remove orphans, counting them in the metrics. Runs until cancelled."""
+    async def owners() -> Owners:
+        return cached_owners(ctx)
+
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if ctx.pool is not None:
+                await ctx.pool.sweep()
+            orphans = await find_orphans(ctx.neutron, owners)
+            failed = await remove(ctx.neutron, orphans)
+        except errors.KuryrError as e:
+            LOG.warning("gc: %s", e)
+            ctx.metrics.gc_runs.labels(type(e).__name__).inc()
+            continue
+        failed_ids = {f.split(":", 1)[0] for f in failed}
+        for orphan in orphans:
+            if f"{orphan.kind} {orphan.resource_id}" not in failed_ids:
+                ctx.metrics.gc_removed.labels(orphan.kind).inc()
+        for failure in failed:
+            LOG.warning("gc: could not remove %s", failure)
+        ctx.metrics.gc_runs.labels("failed" if failed else "ok").inc()

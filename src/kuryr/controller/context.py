@@ -1,6 +1,7 @@
 """What every handler of the controller needs, wired once at start-up: the Kubernetes and
-Neutron clients, the settings, the informers' caches and the reactor. Also the names kuryr
-writes into Kubernetes (finalizers, annotations, tags), shared by the handlers."""
+Neutron clients, the settings, the informers' caches, the reactor and the port pool, and
+what one term as leader remembers between handler runs (claims). Also the names kuryr writes
+into Kubernetes (finalizers, annotations, tags), shared by the handlers."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import dataclasses
 
 from kuryr import settings
 from kuryr.controller import observing, reacting
-from kuryr.k8s import api, watching
+from kuryr.k8s import api, resources, watching
 from kuryr.neutron import client, tagging
+from kuryr.neutron import resources as neutron_resources
+from kuryr.pools import nodes
 
 POD_FINALIZER = "kuryr.openstack.org/pod-finalizer"
 PORT_FINALIZER = "kuryr.openstack.org/kuryrport-finalizer"
 NETWORK_FINALIZER = "kuryr.openstack.org/kuryrnetwork-finalizer"
 PROJECT_ANNOTATION = "openstack.org/kuryr-project"
-NODE_LABEL = "kuryr.openstack.org/nodeName"
+NODE_LABEL = resources.NODE_LABEL
 ROUTER_INTERFACE = "network:router_interface"
 
 
@@ -27,6 +30,16 @@ def pod_tag(pod_uid: str) -> str:
 def namespace_tag(namespace_uid: str) -> str:
     """The owner tag of a namespace's Neutron network and subnet."""
     return tagging.owner("namespace-uid", namespace_uid)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A port given to a pod whose KuryrPort status may not show it yet: the VIF written (or
+    to write again) and, for a pool port, the pool's record of it."""
+
+    port_id: str
+    vif: dict[str, object]
+    pooled: nodes.PooledPort | None = None
 
 
 @dataclasses.dataclass
@@ -41,6 +54,10 @@ class Context:
     informers: dict[str, watching.Informer] = dataclasses.field(default_factory=dict)
     # Pod UID -> monotonic time this controller first saw the pod, until its VIF is active.
     pods_seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    pool: nodes.NodePools | None = None
+    # Pod UID -> the port given to it, until the informer shows it in the KuryrPort status.
+    claims: dict[str, Claim] = dataclasses.field(default_factory=dict)
+    default_subnet: neutron_resources.Subnet | None = None  # pod_subnet, once looked up
 
     def cached(self, plural: str, namespace: str | None, name: str) -> api.Object | None:
         return self.informers[plural].get(namespace, name)

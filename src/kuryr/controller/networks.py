@@ -6,8 +6,9 @@ an interface on ``[kubernetes] pod_router``, in the project of the namespace's
 ``openstack.org/kuryr-project`` annotation (else ``[kubernetes] project_id``). Each step finds
 what already exists by its owner tag before creating, so a controller restarted mid-way
 creates no duplicate. Release waits until no KuryrPort of the namespace is left, then removes
-the router interface, subnet and network, then the finalizer. The default-subnet mode is a
-later stage.
+the pool ports on the network (``kuryr.pools.nodes``), the router interface, subnet and
+network, then the finalizer. In the ``default`` subnet driver (``placing``) namespaces get no
+KuryrNetwork; one left from the namespace driver is still released with its namespace.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import logging
 from typing import Any
 
 from kuryr import errors
-from kuryr.controller import context
+from kuryr.controller import context, placing
 from kuryr.k8s import api, resources
 from kuryr.neutron import client
 from kuryr.neutron import resources as neutron_resources
+from kuryr.pools import nodes
 
 LOG = logging.getLogger(__name__)
 
@@ -29,9 +31,10 @@ async def handle_namespace(ctx: context.Context, name: str) -> float | None:
     namespace = ctx.cached("namespaces", None, name)
     if namespace is None or namespace["metadata"].get("deletionTimestamp"):
         return None  # its content, the KuryrNetwork included, is deleted with it
+    if placing.is_default_mode(ctx):
+        return None  # its pods go on the default subnet
     meta = namespace["metadata"]
-    project_id = (meta.get("annotations") or {}).get(context.PROJECT_ANNOTATION) \
-        or ctx.config.kubernetes.project_id or ""
+    project_id = placing.project_of(ctx, namespace) or ""
     spec = {"nsName": name, "projectId": project_id, "nsLabels": meta.get("labels") or {}}
     network = ctx.cached("kuryrnetworks", name, name)
     if network is None:
@@ -55,6 +58,8 @@ async def handle_network(ctx: context.Context, namespace: str, name: str) -> flo
         return None
     if network["metadata"].get("deletionTimestamp"):
         return await _release(ctx, network)
+    if placing.is_default_mode(ctx):
+        return None
     await _ensure(ctx, network)
     for port in ctx.informers["kuryrports"].in_namespace(namespace):
         ctx.reactor.trigger(("kuryrport", namespace, port["metadata"]["name"]))
@@ -132,7 +137,16 @@ async def _release(ctx: context.Context, network: api.Object) -> float | None:
     if tag:
         nets = await neutron.list_networks(tags=[*neutron.base_tags, tag])
     for net in nets:
-        await release_network(neutron, net.id)
+        if ctx.pool is not None:
+            await ctx.pool.drop_network(net.id)
+        try:
+            await release_network(neutron, net.id)
+        except errors.PermanentError as e:
+            if "InUse" not in str(e):
+                raise
+            # A port still on it (one being deleted, a pool refill that was under way) goes
+            # soon: Neutron's 409 "in use" is final for Neutron, not here.
+            raise errors.TemporaryError(str(e), delay=2.0) from e
     await ctx.kube.set_finalizer(resources.KURYR_NETWORKS, network, context.NETWORK_FINALIZER,
                                  present=False)
     LOG.info("namespace %s: network released", meta["namespace"])
@@ -140,8 +154,12 @@ async def _release(ctx: context.Context, network: api.Object) -> float | None:
 
 
 async def release_network(neutron: client.Neutron, network_id: str) -> None:
-    """Remove a namespace network: router interfaces, its kuryr-tagged subnets, itself.
-    Raises TemporaryError while ports remain on it (Neutron answers 409)."""
+    """Remove a namespace network: this cluster's pool ports on it, router interfaces, its
+    kuryr-tagged subnets, itself. Raises PermanentError while other ports remain on it
+    (Neutron's 409 SubnetInUse / NetworkInUse), TemporaryError."""
+    for port in await neutron.list_ports(network_id=network_id, tags=list(neutron.base_tags)):
+        if nodes.pool_node(port) is not None:
+            await neutron.delete_port(port.id)
     for interface in await neutron.list_ports(network_id=network_id,
                                               device_owner=context.ROUTER_INTERFACE):
         for fixed_ip in interface.fixed_ips:

@@ -45,6 +45,17 @@ class Metrics:
         self.is_leader = prometheus_client.Gauge(
             "kuryr_controller_is_leader", "1 while this controller holds the Lease.",
             registry=self.registry)
+        self.pool_takes = prometheus_client.Counter(
+            "kuryr_pool_takes", "Ports wanted from a node's pool: hit (one was ready) or miss "
+            "(a port was created instead).", ["result"], registry=self.registry)
+        self.pool_ready = prometheus_client.Gauge(
+            "kuryr_pool_ready_ports", "Ports ready in the nodes' pools.", registry=self.registry)
+        self.gc_runs = prometheus_client.Counter(
+            "kuryr_gc_runs", "Periodic garbage collections by result (ok, failed: some orphan "
+            "could not be removed, or an error class name).", ["result"], registry=self.registry)
+        self.gc_removed = prometheus_client.Counter(
+            "kuryr_gc_removed", "Orphaned Neutron resources removed by the periodic garbage "
+            "collection, by kind (port, network).", ["kind"], registry=self.registry)
 
     def observe_neutron(self, operation: str, result: str, seconds: float) -> None:
         """The Neutron facade's observer (``kuryr.neutron.operations.Observer``)."""

@@ -2,15 +2,21 @@
 
 A scheduled pod that is not on the host network gets a finalizer and a KuryrPort (same name,
 finalizer, ownerReference to the pod, spec ``podUid``/``podNodeName``). The KuryrPort gets a
-Neutron port on its namespace's network (``binding:host_id`` = node, ``device_owner
-compute:kuryr``, ``device_id`` = pod UID, tags naming cluster and pod UID) and
-``status.vifs.eth0`` (upstream's shape: ``{default, vif}``), with ``vif.is_active`` set once
-Neutron reports ACTIVE (polled, not waited for in a worker). The port is found by
-``device_id`` before one is created: that survives a controller killed between Neutron's POST
-and the tagging that follows it, so a restart neither duplicates nor leaks.
+Neutron port where ``placing`` says (``binding:host_id`` = node, ``device_owner
+compute:kuryr``) and ``status.vifs.eth0`` (upstream's shape: ``{default, vif}``), with
+``vif.is_active`` set once Neutron reports ACTIVE (polled, not waited for in a worker).
+
+The port is taken from the node's pool when it has one ready (``kuryr.pools.nodes``): no
+Neutron call before the VIF is written. The KuryrPort status is the record of ownership: once
+it names the port, the next run rewrites the port's ``device_id``, name and owner tag (pool
+tags dropped) and deletes any other port of the pod, so a controller killed anywhere neither
+duplicates nor leaks, and the pool rebuilt after a restart leaves out every port a status
+names. Without a ready pool port, one is created with ``device_id`` = pod UID and found again
+by it before another is made, which survives a kill between Neutron's POST and its tagging.
 
 Deletion, in order: pod marked deleted -> its KuryrPort deleted -> the Neutron port deleted ->
-the KuryrPort finalizer removed -> the pod finalizer removed.
+the KuryrPort finalizer removed -> the pod finalizer removed. Ports are not recycled into the
+pool: nothing here knows when the node has unplugged a deleted pod's port.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import time
 from typing import Any
 
 from kuryr import errors
-from kuryr.controller import context
+from kuryr.controller import context, placing
 from kuryr.k8s import api, resources
 from kuryr.neutron import resources as neutron_resources
+from kuryr.pools import nodes
 from kuryr.ports import lifecycle
 
 LOG = logging.getLogger(__name__)
@@ -33,6 +40,13 @@ def is_networked(pod: api.Object) -> bool:
     """Whether kuryr gives this pod a port: scheduled and not on the host network."""
     spec = pod.get("spec") or {}
     return bool(spec.get("nodeName")) and not spec.get("hostNetwork")
+
+
+def recorded_port_id(kuryr_port: api.Object) -> str | None:
+    """The ID of the port a KuryrPort's status names, if any."""
+    vif = (((kuryr_port.get("status") or {}).get("vifs") or {}).get(IFNAME) or {}).get("vif")
+    port_id = vif.get("port_id") if isinstance(vif, dict) else None
+    return str(port_id) if port_id else None
 
 
 async def handle_pod(ctx: context.Context, namespace: str, name: str) -> float | None:
@@ -68,39 +82,146 @@ async def handle_port(ctx: context.Context, namespace: str, name: str) -> float 
     kuryr_port = ctx.cached("kuryrports", namespace, name)
     if kuryr_port is None:
         return None
-    spec = kuryr_port.get("spec") or {}
-    pod_uid = str(spec.get("podUid") or "")
+    pod_uid = str((kuryr_port.get("spec") or {}).get("podUid") or "")
     if not pod_uid:
         raise errors.PermanentError(f"KuryrPort {namespace}/{name} has no spec.podUid")
     if kuryr_port["metadata"].get("deletionTimestamp"):
-        ctx.pods_seen.pop(pod_uid, None)
-        for port in await _find_ports(ctx, pod_uid):
-            await ctx.neutron.delete_port(port.id)
-        await ctx.kube.set_finalizer(resources.KURYR_PORTS, kuryr_port, context.PORT_FINALIZER,
-                                     present=False)
-        LOG.info("pod %s/%s: port released", namespace, name)
+        await _release(ctx, kuryr_port, pod_uid)
         return None
-    network = ctx.cached("kuryrnetworks", namespace, namespace)
-    network_status = (network or {}).get("status") or {}
-    if not network_status.get("netId"):
-        return None  # the KuryrNetwork's status triggers this handler again
-    port = await _ensure_port(ctx, kuryr_port, network, network_status["netId"], pod_uid)
+    recorded = recorded_port_id(kuryr_port)
+    claim = ctx.claims.get(pod_uid)
+    if recorded:
+        if claim is not None and claim.port_id == recorded:
+            del ctx.claims[pod_uid]
+        elif claim is not None:  # the status names another port: the claimed one is no one's
+            del ctx.claims[pod_uid]
+            await _discard(ctx, claim)
+        return await _follow(ctx, kuryr_port, recorded, pod_uid)
+    if claim is None:
+        placement = await placing.of_namespace(ctx, namespace)
+        if placement is None:
+            return None  # the KuryrNetwork's status triggers this handler again
+        claim = await _claim(ctx, kuryr_port, placement, pod_uid)
+        ctx.claims[pod_uid] = claim
+    try:
+        await _write_vif(ctx, kuryr_port, claim.vif)
+    except errors.NotFoundError:  # the KuryrPort is gone: the write cannot have landed
+        ctx.claims.pop(pod_uid, None)
+        await _discard(ctx, claim)
+        raise
+    return None  # the status change triggers the next run: owner rewrite, ACTIVE
+
+
+async def _claim(ctx: context.Context, kuryr_port: api.Object, placement: placing.Placement,
+                 pod_uid: str) -> context.Claim:
+    """A port for the pod: a ready one of its node's pool, else a new one."""
+    node = str(kuryr_port["spec"].get("podNodeName") or "")
+    if ctx.pool is not None and ctx.pool.size > 0:
+        taken = ctx.pool.take(pool_key(placement, node))
+        ctx.metrics.pool_takes.labels("hit" if taken else "miss").inc()
+        if taken is not None:
+            meta = kuryr_port["metadata"]
+            LOG.info("pod %s/%s: pool port %s", meta["namespace"], meta["name"], taken.port.id)
+            return context.Claim(taken.port.id, _vif_dict(taken.vif, is_active=False),
+                                 pooled=taken)
+    port = await _ensure_port(ctx, kuryr_port, placement, pod_uid)
     vif = await ctx.neutron.vif_for_port(port)
-    vif_dict = vif.to_dict()
-    vif_dict["is_active"] = port.status == "ACTIVE"
-    status: dict[str, Any] = {"vifs": {IFNAME: {"default": True, "vif": vif_dict}}}
+    return context.Claim(port.id, _vif_dict(vif, is_active=port.is_active))
+
+
+def pool_key(placement: placing.Placement, node: str) -> nodes.NodeKey:
+    return nodes.NodeKey(node=node, network_id=placement.network_id,
+                         subnet_id=placement.subnet_id, project_id=placement.project_id)
+
+
+def _vif_dict(vif: Any, *, is_active: bool) -> dict[str, object]:
+    found: dict[str, object] = vif.to_dict()
+    found["is_active"] = is_active
+    return found
+
+
+async def _write_vif(ctx: context.Context, kuryr_port: api.Object,
+                     vif: dict[str, object]) -> bool:
+    """Write ``vif`` into the status unless it is there already; True if written."""
+    status: dict[str, Any] = {"vifs": {IFNAME: {"default": True, "vif": vif}}}
     current = kuryr_port.get("status") or {}
-    is_written = current.get("vifs") != status["vifs"] or bool(current.get("conditions"))
-    if is_written:
-        status["conditions"] = None
-        await ctx.kube.patch(resources.KURYR_PORTS, namespace, name, {"status": status},
-                             status=True)
-    seen = ctx.pods_seen.pop(pod_uid, None) if vif_dict["is_active"] else None
+    if current.get("vifs") == status["vifs"] and not current.get("conditions"):
+        return False
+    status["conditions"] = None
+    meta = kuryr_port["metadata"]
+    await ctx.kube.patch(resources.KURYR_PORTS, meta["namespace"], meta["name"],
+                         {"status": status}, status=True)
+    return True
+
+
+async def _follow(ctx: context.Context, kuryr_port: api.Object, port_id: str,
+                  pod_uid: str) -> float | None:
+    """The status names ``port_id``: make the port the pod's in Neutron too, and mark the
+    VIF active once Neutron says so."""
+    meta = kuryr_port["metadata"]
+    try:
+        port = await ctx.neutron.get_port(port_id)
+    except errors.NotFoundError:
+        LOG.warning("pod %s/%s: its port %s is gone; giving it another", meta["namespace"],
+                    meta["name"], port_id)
+        await ctx.kube.patch(resources.KURYR_PORTS, meta["namespace"], meta["name"],
+                             {"status": {"vifs": None}}, status=True)
+        return None
+    if not _is_owned(ctx, port, pod_uid):
+        await _adopt(ctx, kuryr_port, port, pod_uid)
+    vif = dict(kuryr_port["status"]["vifs"][IFNAME]["vif"])
+    vif["is_active"] = port.is_active
+    is_written = await _write_vif(ctx, kuryr_port, vif)
+    seen = ctx.pods_seen.pop(pod_uid, None) if port.is_active else None
     if seen is not None and is_written:
         ctx.metrics.pod_network_ready.observe(time.monotonic() - seen)
-    if port.status != "ACTIVE":
-        return ctx.config.kubernetes.port_active_poll
-    return None
+    return None if port.is_active else ctx.config.kubernetes.port_active_poll
+
+
+def _is_owned(ctx: context.Context, port: neutron_resources.Port, pod_uid: str) -> bool:
+    tags = set(port.tags)
+    return (port.device_id == pod_uid and nodes.pool_node(port) is None
+            and {*ctx.neutron.base_tags, context.pod_tag(pod_uid)} <= tags)
+
+
+async def _adopt(ctx: context.Context, kuryr_port: api.Object, port: neutron_resources.Port,
+                 pod_uid: str) -> None:
+    """Make a port the status names the pod's in Neutron (``device_id``, name, owner tag in
+    place of the pool's) and delete any other port of the pod (a crash can leave one)."""
+    meta = kuryr_port["metadata"]
+    node = str(kuryr_port["spec"].get("podNodeName") or "")
+    changes: dict[str, Any] = {"device_id": pod_uid, "name": f"{meta['namespace']}/{meta['name']}"}
+    if port.host_id != node:
+        changes["binding_host_id"] = node
+    await ctx.neutron.update_port(port.id, tags=[context.pod_tag(pod_uid)], **changes)
+    for extra in await _find_ports(ctx, pod_uid):
+        if extra.id != port.id:
+            LOG.warning("pod %s: deleting duplicate port %s", pod_uid, extra.id)
+            await ctx.neutron.delete_port(extra.id)
+
+
+async def _release(ctx: context.Context, kuryr_port: api.Object, pod_uid: str) -> None:
+    """Delete every port of the pod (found by ``device_id``, named in the status or claimed),
+    then the KuryrPort's finalizer."""
+    meta = kuryr_port["metadata"]
+    ctx.pods_seen.pop(pod_uid, None)
+    port_ids = {p.id for p in await _find_ports(ctx, pod_uid)}
+    recorded = recorded_port_id(kuryr_port)
+    claim = ctx.claims.pop(pod_uid, None)
+    port_ids.update(i for i in (recorded, claim and claim.port_id) if i)
+    for port_id in sorted(port_ids):
+        await ctx.neutron.delete_port(port_id)
+    await ctx.kube.set_finalizer(resources.KURYR_PORTS, kuryr_port, context.PORT_FINALIZER,
+                                 present=False)
+    LOG.info("pod %s/%s: port released", meta["namespace"], meta["name"])
+
+
+async def _discard(ctx: context.Context, claim: context.Claim) -> None:
+    """A claimed port no status names: a pool port is deleted (no one else may ever get it,
+    in case a write naming it lands late); a port made for the pod stays findable by its
+    ``device_id``."""
+    if claim.pooled is not None:
+        await ctx.neutron.delete_port(claim.port_id)
 
 
 async def _find_ports(ctx: context.Context, pod_uid: str) -> list[neutron_resources.Port]:
@@ -109,24 +230,24 @@ async def _find_ports(ctx: context.Context, pod_uid: str) -> list[neutron_resour
 
 
 async def _ensure_port(ctx: context.Context, kuryr_port: api.Object,
-                       network: api.Object | None, network_id: str,
-                       pod_uid: str) -> neutron_resources.Port:
+                       placement: placing.Placement, pod_uid: str) -> neutron_resources.Port:
     """The pod's Neutron port: found by device_id (then tagged and bound if it was left
     half-made), else created. Extra ports for the same pod (never made by this code, but a
     crash of an older one could) are deleted."""
-    spec = kuryr_port["spec"]
-    node = str(spec.get("podNodeName") or "")
+    node = str(kuryr_port["spec"].get("podNodeName") or "")
     meta = kuryr_port["metadata"]
     tags = [context.pod_tag(pod_uid)]
-    found = [p for p in await _find_ports(ctx, pod_uid) if p.network_id == network_id]
+    found = [p for p in await _find_ports(ctx, pod_uid)
+             if p.network_id == placement.network_id]
     for extra in found[1:]:
         LOG.warning("pod %s: deleting duplicate port %s", pod_uid, extra.id)
         await ctx.neutron.delete_port(extra.id)
     if not found:
-        project_id = ((network or {}).get("spec") or {}).get("projectId") or None
+        fixed_ips = [{"subnet_id": placement.subnet_id}] if placement.subnet_id else None
         port = await ctx.neutron.create_port(
-            network_id, tags=tags, name=f"{meta['namespace']}/{meta['name']}", host_id=node,
-            device_owner=lifecycle.DEVICE_OWNER, device_id=pod_uid, project_id=project_id)
+            placement.network_id, tags=tags, name=f"{meta['namespace']}/{meta['name']}",
+            host_id=node, device_owner=lifecycle.DEVICE_OWNER, device_id=pod_uid,
+            project_id=placement.project_id, fixed_ips=fixed_ips)
         LOG.info("pod %s/%s: port %s", meta["namespace"], meta["name"], port.id)
         return port
     port = found[0]

@@ -1,11 +1,13 @@
-"""The controller's main loop: informers for Pods, Namespaces, KuryrPorts and KuryrNetworks,
-the reactor, and the routing of changes to handlers.
+"""The controller's main loop: informers for Pods, Namespaces, Nodes, KuryrPorts and
+KuryrNetworks, the reactor, the routing of changes to handlers, the port pool and the periodic
+garbage collection.
 
-Owns start-up order (every informer synced before any handler runs, then every cached object
-is reconciled, which is how a restarted controller catches up) and the reporting of a
-PermanentError as a Kubernetes Event plus a ``Failed`` status condition; acting only while
-leading (``leading``), with health and metrics served throughout (``observing``). Not here
-yet: the periodic garbage collection.
+Owns start-up order (every informer synced before any handler runs; then the port pool is read
+back from Neutron (``pooling``); then every cached object is reconciled, which is how a
+restarted controller catches up; then, every ``[kubernetes] gc_interval``, garbage collection
+(``collecting``)) and the reporting of a PermanentError as a Kubernetes Event plus a
+``Failed`` status condition; acting only while leading (``leading``), with health and metrics
+served throughout (``observing``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,24 @@ import logging
 import time
 
 from kuryr import errors, settings
-from kuryr.controller import context, leading, networks, observing, ports, reacting
+from kuryr.controller import (
+    collecting,
+    context,
+    leading,
+    networks,
+    observing,
+    pooling,
+    ports,
+    reacting,
+)
 from kuryr.k8s import api, resources, watching
 from kuryr.neutron import client
+from kuryr.pools import nodes
 
 LOG = logging.getLogger(__name__)
-_WATCHED = (resources.NAMESPACES, resources.KURYR_NETWORKS, resources.PODS,
+_WATCHED = (resources.NAMESPACES, resources.NODES, resources.KURYR_NETWORKS, resources.PODS,
             resources.KURYR_PORTS)
+_POOLS: reacting.Key = ("pools", "", "")  # keeping the port pools: one key for all
 # The informer and kind of the object a reactor key names.
 _KINDS = {"pod": resources.PODS, "kuryrport": resources.KURYR_PORTS,
           "namespace": resources.NAMESPACES, "kuryrnetwork": resources.KURYR_NETWORKS}
@@ -97,9 +110,12 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
     async def report(key: reacting.Key, error: errors.PermanentError) -> None:
         await _report(ctx, key, error)
 
-    reactor = reacting.Reactor(handle, on_permanent=report, workers=config.kubernetes.workers)
+    kubernetes = config.kubernetes
+    reactor = reacting.Reactor(handle, on_permanent=report, workers=kubernetes.workers)
+    pool = nodes.NodePools(neutron, size=kubernetes.pool_size, batch=kubernetes.pool_batch)
     ctx = context.Context(config=config, kube=kube, neutron=neutron, reactor=reactor,
-                          metrics=metrics)
+                          metrics=metrics, pool=pool)
+    metrics.pool_ready.set_function(pool.total)
     started = asyncio.Event()
 
     def changed(plural: str, namespace: str, name: str) -> None:
@@ -115,6 +131,10 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
                      for p, i in ctx.informers.items()]
             for informer in ctx.informers.values():
                 await informer.synced.wait()
+            if not await pooling.start(ctx, stop):
+                for task in tasks:
+                    task.cancel()
+                return
             started.set()
             for plural, informer in ctx.informers.items():
                 for namespace, name in list(informer.objects):
@@ -122,6 +142,9 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
             LOG.info("kuryr controller acting: %d pods, %d namespaces",
                      len(ctx.informers["pods"].objects),
                      len(ctx.informers["namespaces"].objects))
+            if kubernetes.gc_interval > 0:
+                tasks.append(group.create_task(collecting.collect_periodically(
+                    ctx, interval=kubernetes.gc_interval), name="gc"))
             synced.set()
             if ready is not None:
                 ready.set()
@@ -131,13 +154,16 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
                 task.cancel()
     finally:
         await reactor.close()
+        await pool.close()
         neutron.close()
 
 
 def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None:
     """Which handlers a change of one object concerns."""
     trigger = ctx.reactor.trigger
-    if plural == "pods":
+    if plural == "nodes":
+        trigger(_POOLS)
+    elif plural == "pods":
         trigger(("pod", namespace, name))
     elif plural == "kuryrports":
         trigger(("kuryrport", namespace, name))
@@ -145,9 +171,11 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
         trigger(("kuryrnetwork", namespace, namespace))
     elif plural == "namespaces":
         trigger(("namespace", "", name))
+        trigger(_POOLS)
     elif plural == "kuryrnetworks":
         trigger(("kuryrnetwork", namespace, name))
         trigger(("namespace", "", namespace))
+        trigger(_POOLS)
 
 
 async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
@@ -160,6 +188,8 @@ async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
         return await networks.handle_namespace(ctx, name)
     if kind == "kuryrnetwork":
         return await networks.handle_network(ctx, namespace, name)
+    if kind == "pools":
+        return await pooling.handle_pools(ctx)
     raise errors.PermanentError(f"no handler for {kind}")
 
 
@@ -168,9 +198,9 @@ async def _report(ctx: context.Context, key: reacting.Key,
     """A PermanentError as an Event on the object (and on the pod of a KuryrPort) and, on
     kuryr's own objects, a ``Failed`` condition in the status."""
     kind, namespace, name = key
-    resource = _KINDS[kind]
-    obj = ctx.cached(resource.plural, namespace or None, name)
-    if obj is None:
+    resource = _KINDS.get(kind)
+    obj = ctx.cached(resource.plural, namespace or None, name) if resource else None
+    if resource is None or obj is None:
         return
     obj = {"apiVersion": resource.api_version, "kind": resource.kind, **obj}
     reason = type(error).__name__

@@ -1,10 +1,13 @@
 """The daemon's HTTP side: CNI requests from the ``kuryr`` executable on a root-only unix socket
-(``POST /v1/cni``), liveness and readiness on a loopback TCP port (``/healthz``, ``/readyz``),
-and the start-up and shutdown of everything the daemon owns (Neutron client, binders, pool).
+(``POST /v1/cni``), liveness, readiness and metrics on a loopback TCP port (``/healthz``,
+``/readyz``, ``/metrics``), and the start-up and shutdown of everything the daemon owns: the
+binders, and per ``[cni_daemon] mode`` either the Neutron client and pool (``standalone``) or
+the Kubernetes client (``kubernetes``: no Neutron client is ever made).
 
 Owns the wire between shim and daemon: the request body is ``{"env": {CNI_*}, "config": {..}}``;
 the answer is HTTP 200 with the CNI result (or nothing), or an error status with a CNI error
-object written in the configuration's ``cniVersion``. What a request does is ``standalone``'s.
+object written in the configuration's ``cniVersion``. What a request does is the mode's
+(``standalone``, ``kubernetes``).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import os
 import pathlib
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
+import prometheus_client
 from aiohttp import web
 
 from kuryr import binding, errors, settings
 from kuryr.cni import codes, protocol, results
-from kuryr.daemon import standalone
+from kuryr.daemon import kubernetes, observing, standalone
+from kuryr.k8s import api
 from kuryr.neutron import client
 from kuryr.pools import warm
 
@@ -41,52 +46,84 @@ def error_response(error: codes.CniError, version: str) -> web.Response:
     return web.json_response(error.to_wire(version), status=status)
 
 
+class Handler(Protocol):
+    """What serves requests in one mode."""
+
+    needs_network: bool  # whether the CNI configuration must name a Neutron network
+
+    async def handle(self, request: protocol.Request) -> results.Result | None:
+        """Raises CniError or a KuryrError."""
+
+    async def status(self, conf: protocol.NetConf | None = None) -> None:
+        """Raises CniError 50 or 51 when not ready."""
+
+    async def close(self) -> None: ...
+
+
 class Daemon:
     """One node daemon: wire its parts from settings, serve until ``stop``."""
 
     def __init__(self, config: settings.KuryrSettings) -> None:
         self.config = config
         self.neutron: client.Neutron | None = None
+        self.kube: api.Kube | None = None
         self.binders: dict[str, binding.Binder] = {}
         self.pool: warm.PortPool | None = None
-        self.handler: standalone.Standalone | None = None
+        self.handler: Handler | None = None
+        self.metrics = observing.Metrics()
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
-        """Connect, rebuild the pool, listen. Raises ConfigError (another daemon listening,
-        bad settings), KuryrError."""
+        """Connect, rebuild the pool (standalone), listen. Raises ConfigError (another daemon
+        listening, bad settings), KuryrError."""
         cfg = self.config.cni_daemon
-        self.neutron = client.Neutron.from_settings(self.config)
         self.binders = binding.binders(self.config.binding)
         host = self.config.binding.host
-        if cfg.pool_enabled:
-            self.pool = warm.PortPool(self.neutron, self.binders, host=host,
-                                      size=cfg.pool_size, batch=cfg.pool_batch,
-                                      active_timeout=cfg.port_active_timeout)
-            await self.pool.start()
-        self.handler = standalone.Standalone(self.neutron, self.binders, host=host, config=cfg,
-                                             pool=self.pool)
-        try:
-            # Before serving: releases a killed daemon left unfinished (their OVS port is gone).
-            released = await self.handler.recover()
-            if released:
-                LOG.info("released %d port(s) left unplugged by a previous run", len(released))
-        except errors.KuryrError as e:
-            LOG.warning("cannot look for ports left unplugged by a previous run: %s; GC will "
-                        "release them", e)
+        if cfg.mode == "kubernetes":
+            if cfg.pool_enabled:
+                LOG.warning("[cni_daemon] pool_enabled is ignored in kubernetes mode: the "
+                            "controller makes the pods' ports")
+            self.kube = await api.connect(self.config.kubernetes)
+            mode = kubernetes.KubernetesMode(self.kube, self.binders, config=self.config)
+            mode.start()
+            self.handler = mode
+        else:
+            await self._start_standalone()
         cni_app = web.Application(client_max_size=4 * 1024 * 1024)
         cni_app.router.add_post("/v1/cni", self.serve_cni)
         await self._listen_unix(cni_app, pathlib.Path(cfg.socket))
         health_app = web.Application()
         health_app.router.add_get("/healthz", self.serve_health)
         health_app.router.add_get("/readyz", self.serve_ready)
+        health_app.router.add_get("/metrics", self.serve_metrics)
         runner = web.AppRunner(health_app, access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.TCPSite(runner, cfg.health_address, cfg.health_port).start()
-        LOG.info("kuryr daemon serving CNI on %s, health on %s:%d (host %s, pool %s)",
-                 cfg.socket, cfg.health_address, cfg.health_port, host,
+        LOG.info("kuryr daemon serving CNI on %s, health on %s:%d (host %s, %s mode, pool %s)",
+                 cfg.socket, cfg.health_address, cfg.health_port, host, cfg.mode,
                  "on" if self.pool else "off")
+
+    async def _start_standalone(self) -> None:
+        cfg = self.config.cni_daemon
+        host = self.config.binding.host
+        self.neutron = client.Neutron.from_settings(self.config)
+        if cfg.pool_enabled:
+            self.pool = warm.PortPool(self.neutron, self.binders, host=host,
+                                      size=cfg.pool_size, batch=cfg.pool_batch,
+                                      active_timeout=cfg.port_active_timeout)
+            await self.pool.start()
+        handler = standalone.Standalone(self.neutron, self.binders, host=host, config=cfg,
+                                        pool=self.pool)
+        self.handler = handler
+        try:
+            # Before serving: releases a killed daemon left unfinished (their OVS port is gone).
+            released = await handler.recover()
+            if released:
+                LOG.info("released %d port(s) left unplugged by a previous run", len(released))
+        except errors.KuryrError as e:
+            LOG.warning("cannot look for ports left unplugged by a previous run: %s; GC will "
+                        "release them", e)
 
     async def _listen_unix(self, app: web.Application, path: pathlib.Path) -> None:
         _prepare_socket_path(path)
@@ -112,6 +149,8 @@ class Daemon:
             b.close()
         if self.neutron is not None:
             self.neutron.close()
+        if self.kube is not None:
+            await self.kube.close()
         _remove_socket(pathlib.Path(self.config.cni_daemon.socket))
 
     async def serve_cni(self, request: web.Request) -> web.Response:
@@ -133,23 +172,31 @@ class Daemon:
         container = str(env.get("CNI_CONTAINERID", ""))[:12] or "-"
         assert self.handler is not None
         try:
-            cni_request = protocol.parse_request(env, conf)
+            cni_request = protocol.parse_request(env, conf,
+                                                 needs_network=self.handler.needs_network)
             result = await self.handler.handle(cni_request)
         except Exception as e:  # every failure goes back to the runtime as a CNI error
             error = codes.from_exception(e)
+            seconds = time.monotonic() - started
+            self.metrics.observe_cni(command, str(error.code), seconds)
             log = LOG.exception if error.code == codes.INTERNAL else LOG.warning
             log("%s %s %s failed in %.0f ms: code %d: %s", command, container,
-                env.get("CNI_IFNAME", ""), (time.monotonic() - started) * 1000, error.code,
-                error.msg)
+                env.get("CNI_IFNAME", ""), seconds * 1000, error.code, error.msg)
             return error_response(error, version)
+        seconds = time.monotonic() - started
+        self.metrics.observe_cni(command, observing.OK, seconds)
         LOG.info("%s %s %s done in %.0f ms", command, container, env.get("CNI_IFNAME", ""),
-                 (time.monotonic() - started) * 1000)
+                 seconds * 1000)
         if result is None:
             return web.Response(status=200)
         return web.json_response(results.to_wire(result, version))
 
     async def serve_health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})
+
+    async def serve_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
     async def serve_ready(self, request: web.Request) -> web.Response:
         assert self.handler is not None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -28,8 +27,8 @@ from typing import TypeVar
 from kuryr import binding, errors, settings
 from kuryr.binding import ovs as ovs_binding
 from kuryr.cni import codes, protocol, results
-from kuryr.daemon import locking, releasing
-from kuryr.linux import interfaces, namespaces
+from kuryr.daemon import locking, releasing, sandboxes
+from kuryr.linux import namespaces
 from kuryr.neutron import client, resources, tagging
 from kuryr.pools import warm
 from kuryr.ports import lifecycle
@@ -67,6 +66,8 @@ def owner_tags(request: protocol.Request) -> list[str]:
 
 class Standalone:
     """Serves CNI requests in standalone mode. ``handle`` is the one entry point."""
+
+    needs_network = True  # the CNI configuration names the Neutron network
 
     def __init__(self, neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
                  host: str, config: settings.CniDaemonSettings,
@@ -134,7 +135,8 @@ class Standalone:
                 project_id=target.project_id, name=_port_name(request),
                 active_timeout=self.config.port_active_timeout, mtu=conf.mtu)
         self._attached[request.key] = attachment.port.id
-        ours = result_for(attachment, sandbox=request.netns)
+        ours = sandboxes.result_for(attachment.vif, ifname=attachment.ifname,
+                                    sandbox=request.netns)
         previous = results.from_wire(conf.prev_result) if conf.prev_result else None
         return results.merge(previous, ours)
 
@@ -243,29 +245,8 @@ class Standalone:
     # -- CHECK ----------------------------------------------------------------------------------
     async def check(self, request: protocol.Request) -> None:
         """Raises CniError 106 listing every difference between ``prevResult`` and reality."""
-        if request.config.prev_result is None:
-            raise codes.CniError(codes.INVALID_CONFIG, "CHECK needs a prevResult")
-        previous = results.from_wire(request.config.prev_result)
-        path = namespaces.resolve(request.netns)
-        found = previous.sandbox_interface(request.ifname)
-        if found is None:
-            raise codes.CniError(codes.INVALID_CONFIG,
-                                 f"prevResult has no interface {request.ifname} in a sandbox")
-        index, expected = found
-        diffs: list[str] = []
-        seen = await asyncio.to_thread(interfaces.describe, request.ifname, netns=path)
-        if seen is None:
-            diffs.append(f"interface {request.ifname} is missing from {request.netns}")
-        else:
-            if expected.mac and str(seen["mac"]).lower() != expected.mac.lower():
-                diffs.append(f"{request.ifname} has MAC {seen['mac']}, not {expected.mac}")
-            ours = [ip for ip in previous.ips if ip.interface in (None, index)]
-            for ip in ours:
-                if str(ip.address) not in seen["addresses"]:
-                    diffs.append(f"address {ip.address} is missing from {request.ifname}")
-            for route in previous.routes:
-                if route.gw is not None and f"{route.dst} via {route.gw}" not in seen["routes"]:
-                    diffs.append(f"route {route.dst} via {route.gw} is missing")
+        previous, index, expected = sandboxes.previous_result(request)
+        diffs = await sandboxes.namespace_differences(request, previous, index, expected)
         if self.pool is not None:
             await self.pool.settle()  # owner tags of a port just taken from the pool
         ports = await self._ports_of(request)
@@ -283,9 +264,7 @@ class Standalone:
                 if ip.interface in (None, index) and str(ip.address.ip) not in addresses:
                     diffs.append(f"Neutron port {port.id} no longer has {ip.address.ip}")
         if diffs:
-            raise codes.CniError(codes.CHECK_MISMATCH,
-                                 f"CHECK found {len(diffs)} difference(s) for container "
-                                 f"{request.container_id}: {diffs[0]}", "; ".join(diffs))
+            raise sandboxes.mismatch(request, diffs)
 
     # -- GC -------------------------------------------------------------------------------------
     async def gc(self, conf: protocol.NetConf) -> list[str]:
@@ -361,36 +340,7 @@ class Standalone:
         except errors.KuryrError as e:
             raise codes.CniError(codes.NOT_AVAILABLE, f"cannot reach Neutron: {e}",
                                  "check Neutron (kuryr cloud status)") from e
-        binder = self.binders.get("ovs")
-        if isinstance(binder, ovs_binding.OvsBinder):
-            bridge = binder.config.ovs_bridge
-            try:
-                exists = await asyncio.to_thread(binder.ovsdb.bridge_exists, bridge)
-            except errors.KuryrError as e:
-                raise codes.CniError(codes.LIMITED_CONNECTIVITY,
-                                     f"cannot reach Open vSwitch: {e}",
-                                     "running containers may have limited connectivity") from e
-            if not exists:
-                raise codes.CniError(codes.NOT_AVAILABLE, f"OVS bridge {bridge} does not exist")
-
-
-def result_for(attachment: lifecycle.Attachment, *, sandbox: str) -> results.Result:
-    """The CNI result of a plugged port: one sandbox interface, its addresses with gateways,
-    default and host routes, and the subnets' DNS servers."""
-    vif = attachment.vif
-    ips = []
-    for fixed_ip in vif.fixed_ips:
-        subnet = vif.subnet(fixed_ip.subnet_id)
-        ips.append(results.IPConfig(address=fixed_ip.address,
-                                    gateway=subnet.gateway if subnet else None, interface=0))
-    routes = [results.Route(dst=ipaddress.ip_network("::/0" if g.version == 6 else "0.0.0.0/0"),
-                            gw=g) for g in vif.gateways()]
-    routes += [results.Route(dst=r.destination, gw=r.gateway) for r in vif.routes()]
-    return results.Result(
-        interfaces=(results.Interface(name=attachment.ifname, mac=vif.mac, sandbox=sandbox,
-                                      mtu=vif.mtu),),
-        ips=tuple(ips), routes=tuple(routes),
-        dns=results.Dns(nameservers=tuple(vif.dns_nameservers())))
+        await sandboxes.check_ovs(self.binders)
 
 
 def _port_name(request: protocol.Request) -> str:

@@ -164,11 +164,14 @@ class Kube:
             return obj
 
     async def watch(self, resource: resources.Resource, resource_version: str, *,
-                    timeout: int = 300) -> AsyncIterator[Object]:
+                    timeout: int = 300,
+                    label_selector: str | None = None) -> AsyncIterator[Object]:
         """The events of one watch request from ``resource_version`` (with bookmarks), until
         the server ends it. An ERROR event is yielded as it came (410 Gone among them)."""
         query = {"watch": "true", "resourceVersion": resource_version,
                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout)}
+        if label_selector:
+            query["labelSelector"] = label_selector
         response = await self._open("GET", resource.path(), query=query, timeout=timeout + 30)
         try:
             while True:

@@ -10,6 +10,8 @@ import dataclasses
 
 GROUP = "openstack.org"
 VERSION = "v1"
+# The label on a KuryrPort naming its pod's node: a node daemon watches only its own.
+NODE_LABEL = "kuryr.openstack.org/nodeName"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,13 +27,19 @@ def key_of(obj: api.Object) -> Key:
 
 
 class Informer:
-    """The current objects of ``resource`` (all namespaces), kept by list+watch."""
+    """The current objects of ``resource`` (all namespaces; only those matching
+    ``label_selector``, if given), kept by list+watch."""
 
     def __init__(self, kube: api.Kube, resource: resources.Resource, *,
-                 on_change: Callable[[str, str], None], watch_timeout: int = 300) -> None:
+                 on_change: Callable[[str, str], None], watch_timeout: int = 300,
+                 label_selector: str | None = None) -> None:
         self.resource = resource
+        self.label_selector = label_selector
         self.objects: dict[Key, api.Object] = {}
         self.synced = asyncio.Event()
+        # The last error, while every list or watch since it has failed; None when healthy.
+        self.error: str | None = None
+        self._failing_since: float | None = None
         self._kube = kube
         self._on_change = on_change
         self._watch_timeout = watch_timeout
@@ -42,6 +49,18 @@ class Informer:
 
     def in_namespace(self, namespace: str) -> list[api.Object]:
         return [o for (ns, _), o in self.objects.items() if ns == namespace]
+
+    def failing_for(self) -> float:
+        """Seconds since the list+watch last worked (0 while it works): how stale the cache
+        may be."""
+        if self._failing_since is None:
+            return 0.0
+        return time.monotonic() - self._failing_since
+
+    def _worked(self) -> None:
+        if self.error is not None:
+            LOG.info("watching %s again", self.resource.plural)
+        self.error, self._failing_since = None, None
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -54,12 +73,17 @@ class Informer:
                 version = await self._watch(version)
                 delay = 0.5
             except errors.KuryrError as e:
+                self.error = str(e)
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
                 LOG.warning("watching %s: %s; again in %.1f s", self.resource.plural, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     async def _relist(self) -> str:
-        items, version = await self._kube.list(self.resource)
+        items, version = await self._kube.list(self.resource,
+                                               label_selector=self.label_selector)
+        self._worked()
         fresh = {key_of(o): o for o in items}
         gone = set(self.objects) - set(fresh)
         self.objects = fresh
@@ -71,7 +95,9 @@ class Informer:
     async def _watch(self, version: str) -> str:
         """One watch request; returns the version to resume from ("" to list again)."""
         async for event in self._kube.watch(self.resource, version,
-                                            timeout=self._watch_timeout):
+                                            timeout=self._watch_timeout,
+                                            label_selector=self.label_selector):
+            self._worked()
             kind = event.get("type")
             obj: dict[str, Any] = event.get("object") or {}
             if kind == "ERROR":
@@ -87,4 +113,5 @@ class Informer:
             else:
                 self.objects[key] = obj
             self._on_change(*key)
+        self._worked()  # the watch ran to its timeout
         return version

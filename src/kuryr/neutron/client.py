@@ -296,16 +296,19 @@ class Neutron:
     async def create_ports(self, network_id: str, count: int, *, tags: Iterable[str] = (),
                            host_id: str | None = None, device_owner: str | None = None,
                            security_group_ids: Sequence[str] | None = None,
-                           project_id: str | None = None) -> list[resources.Port]:
-        """Create ``count`` ports in one bulk request (all or none).
-
-        Neutron 29 drops ``tags`` from bulk port creation, so each port is tagged right after;
-        if that fails, every port of the batch is deleted again."""
+                           project_id: str | None = None, name: str = "",
+                           device_id: str | None = None,
+                           fixed_ips: Sequence[Mapping[str, str]] | None = None,
+                           ) -> list[resources.Port]:
+        """Create ``count`` ports in one bulk request (all or none). Neutron 29 drops ``tags``
+        from bulk creation, so each port is tagged right after; if that fails, every port of
+        the batch is deleted again (a ``name`` or ``device_id`` finds ports of a batch that a
+        crash or a timed-out request left untagged)."""
         if count <= 0:
             return []
-        body = [self._port_attrs(network_id, tags=tags, name="", host_id=host_id,
-                                 device_owner=device_owner, device_id=None,
-                                 security_group_ids=security_group_ids, fixed_ips=None,
+        body = [self._port_attrs(network_id, tags=tags, name=name, host_id=host_id,
+                                 device_owner=device_owner, device_id=device_id,
+                                 security_group_ids=security_group_ids, fixed_ips=fixed_ips,
                                  mac=None, project_id=project_id) for _ in range(count)]
         proxy = self._net
         all_tags = self._tags(tags)

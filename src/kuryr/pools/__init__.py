@@ -1,4 +1,5 @@
-"""Warm port pools (``warm``): Neutron ports bound to this host, plugged and ACTIVE before any
-container asks, so that taking one costs a few netlink calls and no Neutron call. Shared by the
-node daemon's standalone mode and, later, the Kubernetes controller.
+"""Port pools: Neutron ports made before any container asks, so that taking one costs no
+Neutron call. ``warm``: a node daemon's (standalone mode) ports bound to its host, plugged and
+ACTIVE; taking one costs a few netlink calls. ``nodes``: the Kubernetes controller's ports per
+node, bound to the node but not plugged (its daemon plugs them); taking one costs nothing.
 """

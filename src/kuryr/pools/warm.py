@@ -230,8 +230,10 @@ class PortPool:
     async def rebuild(self) -> int:
         """Find this host's pool ports in Neutron: those still plugged in the pool namespace
         are ready again, the others are released. Returns how many are ready."""
-        ports = await self.neutron.list_ports(tags=[tagging.owner(TAG_POOL_HOST, self.host)],
-                                              device_owner=lifecycle.DEVICE_OWNER)
+        # Only this cluster's ports: another cluster's pool on the same host is not ours.
+        ports = await self.neutron.list_ports(
+            tags=[*self.neutron.base_tags, tagging.owner(TAG_POOL_HOST, self.host)],
+            device_owner=lifecycle.DEVICE_OWNER)
         found = 0
         for port in ports:
             raw_key = tagging.value_of(port.tags, TAG_POOL)

@@ -116,10 +116,12 @@ async def _plug_and_activate(neutron: client.Neutron, binders: Mapping[str, bind
 
 
 async def plug(binder: binding.Binder, vif: model.VIF, *, netns: str, ifname: str,
-               undo: contextlib.AsyncExitStack) -> None:
-    """Plug ``vif``, registering its unplug on ``undo`` first."""
+               undo: contextlib.AsyncExitStack,
+               owner_ids: Mapping[str, str] | None = None) -> None:
+    """Plug ``vif`` (recording ``owner_ids`` with it), registering its unplug on ``undo``
+    first."""
     undo.push_async_callback(_rollback_unplug, binder, vif)
-    await binder.plug(vif, netns=netns, ifname=ifname)
+    await binder.plug(vif, netns=netns, ifname=ifname, owner_ids=owner_ids)
 
 
 async def detach(neutron: client.Neutron, binders: Mapping[str, binding.Binder], *,
