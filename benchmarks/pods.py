@@ -47,7 +47,7 @@ from kuryr import settings  # noqa: E402
 from kuryr.cli import install_cni  # noqa: E402
 from kuryr.controller import networks  # noqa: E402
 from kuryr.linux import namespaces  # noqa: E402
-from kuryr.neutron import client  # noqa: E402
+from kuryr.neutron import client, connecting  # noqa: E402
 from kuryr.pools import nodes  # noqa: E402
 
 # One ADD as a runtime makes it: configuration, extra environment, container id, netns path.
@@ -117,7 +117,7 @@ def bridge_run(bin_dir: pathlib.Path, work: pathlib.Path, count: int) -> float:
 async def kuryr_run(config: settings.KuryrSettings, executable: pathlib.Path,
                     work: pathlib.Path, count: int, *, pooled: bool) -> dict[str, Any]:
     cluster_id = f"kb{uuid.uuid4().hex[:6]}"
-    neutron = client.Neutron(client.connect(config.neutron), cluster_id=cluster_id)
+    neutron = client.Neutron(connecting.connect(config.neutron), cluster_id=cluster_id)
     n = uuid.uuid4().int % 64
     subnet_pool = await neutron.create_subnet_pool(
         f"kb-{cluster_id}", prefixes=[f"100.{64 + n}.0.0/16"], default_prefix_length=24,

@@ -21,7 +21,7 @@ from kuryr.cli import install_cni
 from kuryr.cni import codes, protocol
 from kuryr.daemon import standalone
 from kuryr.linux import interfaces
-from kuryr.neutron import client, resources, tagging
+from kuryr.neutron import client, connecting, resources, tagging
 from tests.cloud.conftest import TEST_TAG, leftovers, remove_network
 from tests.conftest import RUN_ID, netns_run
 from tests.support import cni, peers
@@ -268,7 +268,7 @@ async def test_port_quota_exhausted(executable: pathlib.Path, daemon: cni.Daemon
     a quota of one port; the second ADD gets code 103 and leaves nothing behind."""
     project = uuid.uuid4().hex
     net = await facade.create_network(f"kt-{RUN_ID}-quota", tags=[TEST_TAG], project_id=project)
-    conn = client.connect(cloud_config.neutron)
+    conn = connecting.connect(cloud_config.neutron)
     try:
         await facade.create_subnet(net.id, cidr="10.251.0.0/24", tags=[TEST_TAG])
         conn.network.update_quota(project, ports=1)

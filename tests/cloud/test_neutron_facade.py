@@ -3,13 +3,21 @@ design.md says, with idempotent deletes and failures mapped to kuryr's errors.""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import socket
+import struct
+import threading
 import uuid
+from collections.abc import Iterator
 
 import openstack.connection
 import pytest
 
 from kuryr import errors, settings
-from kuryr.neutron import client, resources, tagging
+from kuryr.cloud import layout
+from kuryr.neutron import client, connecting, resources, tagging
 from tests.cloud.conftest import TEST_TAG, remove_network
 from tests.conftest import RUN_ID
 
@@ -133,7 +141,7 @@ async def test_quota_exhaustion_is_permanent(neutron: client.Neutron,
                                              cloud_config: settings.KuryrSettings) -> None:
     project = uuid.uuid4().hex
     net = await neutron.create_network(f"kt-{RUN_ID}-quota", tags=[TEST_TAG], project_id=project)
-    conn: openstack.connection.Connection = client.connect(cloud_config.neutron)
+    conn: openstack.connection.Connection = connecting.connect(cloud_config.neutron)
     try:
         await neutron.create_subnet(net.id, cidr="10.250.0.0/28", tags=[TEST_TAG])
         conn.network.update_quota(project, ports=1)
@@ -163,12 +171,105 @@ async def test_missing_things_are_not_found(neutron: client.Neutron) -> None:
 async def test_neutron_down_is_temporary_with_a_hint() -> None:
     down = settings.NeutronSettings(endpoint_override="http://127.0.0.1:9/", auth_type="none",
                                     timeout=3)
-    facade = client.Neutron(client.connect(down), cluster_id="t")
+    facade = client.Neutron(connecting.connect(down), cluster_id="t")
     try:
         with pytest.raises(errors.TemporaryError, match="cannot reach Neutron"):
             await facade.list_networks()
     finally:
         facade.close()
+
+
+class ResettingProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``target`` (host:port). After ``arm()``, the next
+    request that arrives, on any connection, is answered with a TCP reset, as when a server
+    has closed a pooled keep-alive connection; ``reset`` holds the request lines so answered."""
+
+    def __init__(self, target: str) -> None:
+        self.host, port = target.rsplit(":", 1)
+        self.port = int(port)
+        self.reset: list[bytes] = []
+        self._armed = False
+
+    def arm(self) -> None:
+        self._armed = True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+
+        async def to_neutron() -> None:
+            while data := await reader.read(65536):
+                if self._armed:
+                    self._armed = False
+                    self.reset.append(data.split(b"\r\n", 1)[0])
+                    writer.get_extra_info("socket").setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort()
+                    break
+                up_writer.write(data)
+                await up_writer.drain()
+            up_writer.close()
+
+        async def from_neutron() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(to_neutron(), from_neutron())
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[str]:
+        """Serve for the block, from a thread of its own (the SDK blocks the test's event
+        loop while it discovers the endpoint); yields the proxy's URL."""
+        loop = asyncio.new_event_loop()
+        started: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+        def serve() -> None:
+            async def start() -> None:
+                server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+                started.set_result(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+                await asyncio.Event().wait()  # until the loop stops
+
+            with contextlib.suppress(RuntimeError):  # the loop stopped under start()
+                loop.run_until_complete(start())
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield started.result(timeout=5)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
+
+
+async def test_a_reset_connection_repeats_reads_and_deletes_never_creates(
+        neutron: client.Neutron, network: resources.Network) -> None:
+    proxy = ResettingProxy(f"127.0.0.1:{layout.NEUTRON_API_PORT}")
+    with proxy.running() as url:
+        config = settings.NeutronSettings(endpoint_override=url, auth_type="none", timeout=10)
+        facade = client.Neutron(connecting.connect(config), cluster_id=neutron.cluster_id)
+        try:
+            assert network.id in {n.id for n in await facade.list_networks(tags=[TEST_TAG])}
+            # Reads and deletes meet a reset, then go through on a new connection.
+            proxy.arm()
+            assert network.id in {n.id for n in await facade.list_networks(tags=[TEST_TAG])}
+            proxy.arm()
+            assert (await facade.get_network(network.id)).id == network.id
+            port = await neutron.create_port(network.id, tags=[TEST_TAG])
+            proxy.arm()
+            await facade.delete_port(port.id)
+            with pytest.raises(errors.NotFoundError):
+                await neutron.get_port(port.id)
+            assert [r.split(b" ")[0] for r in proxy.reset] == [b"GET", b"GET", b"DELETE"]
+            # A create is never sent twice: it fails with a TemporaryError; no port was made.
+            proxy.arm()
+            with pytest.raises(errors.TemporaryError, match="cannot reach Neutron"):
+                await facade.create_port(network.id, tags=[TEST_TAG])
+            assert proxy.reset[-1].startswith(b"POST ")
+            assert await neutron.list_ports(network_id=network.id, tags=[TEST_TAG]) == []
+        finally:
+            facade.close()
 
 
 async def test_wait_for_status_is_bounded(neutron: client.Neutron,
@@ -181,4 +282,4 @@ async def test_wait_for_status_is_bounded(neutron: client.Neutron,
 
 def test_unconfigured_neutron_says_how_to_configure() -> None:
     with pytest.raises(errors.ConfigError, match="kuryr cloud up"):
-        client.connect(settings.NeutronSettings())
+        connecting.connect(settings.NeutronSettings())

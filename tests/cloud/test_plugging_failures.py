@@ -11,7 +11,7 @@ import pytest
 
 from kuryr import binding, errors, settings
 from kuryr.binding import ovs as ovs_binding
-from kuryr.neutron import client, resources
+from kuryr.neutron import client, connecting, resources
 from kuryr.ports import lifecycle
 from tests.cloud.conftest import TEST_TAG, leftovers
 
@@ -45,7 +45,7 @@ async def test_namespace_that_does_not_exist(neutron: client.Neutron,
 
 async def test_neutron_that_is_down(binders: dict[str, binding.Binder],
                                     make_netns: Callable[[], str]) -> None:
-    down = client.Neutron(client.connect(settings.NeutronSettings(
+    down = client.Neutron(connecting.connect(settings.NeutronSettings(
         endpoint_override="http://127.0.0.1:9/", auth_type="none", timeout=3)), cluster_id="t")
     ns = make_netns()
     try:

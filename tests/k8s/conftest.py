@@ -28,7 +28,7 @@ from kuryr import binding, settings
 from kuryr.binding import ovs as ovs_binding
 from kuryr.cli import install_cni
 from kuryr.controller import networks, running
-from kuryr.neutron import client, tagging
+from kuryr.neutron import client, connecting, tagging
 from kuryr.pools import nodes
 from tests.conftest import RUN_ID
 from tests.support import cni, k8s
@@ -189,7 +189,7 @@ async def eventually(check: Callable[[], Any | Awaitable[Any]], *, within: float
 async def cluster(cloud_config: settings.KuryrSettings) -> AsyncIterator[Cluster]:
     n = uuid.uuid4().int % 64
     cluster_id = f"kt{RUN_ID}{uuid.uuid4().hex[:4]}"
-    neutron = client.Neutron(client.connect(cloud_config.neutron), cluster_id=cluster_id)
+    neutron = client.Neutron(connecting.connect(cloud_config.neutron), cluster_id=cluster_id)
     test_tag = tagging.owner("test", RUN_ID)
     pool = await neutron.create_subnet_pool(f"kt-{cluster_id}", prefixes=[f"100.{64 + n}.0.0/16"],
                                             default_prefix_length=26, tags=[test_tag])

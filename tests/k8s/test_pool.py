@@ -16,7 +16,7 @@ import pytest
 
 from kuryr import errors, model
 from kuryr.controller import context
-from kuryr.neutron import client
+from kuryr.neutron import client, connecting
 from kuryr.pools import nodes
 from kuryr.ports import lifecycle
 from tests.k8s.conftest import Cluster, eventually, metrics, running_controller
@@ -163,7 +163,7 @@ async def test_ports_of_a_bulk_create_that_timed_out_are_found_and_deleted(
         cluster: Cluster) -> None:
     """A bulk create that times out on kuryr's side still makes its ports in Neutron, untagged
     (tags come in a second request): the pool deletes them once they appear."""
-    impatient = client.Neutron(client.connect(
+    impatient = client.Neutron(connecting.connect(
         dataclasses.replace(cluster.config.neutron, timeout=2.0)), cluster_id=cluster.cluster_id)
     network = await cluster.neutron.create_network(f"kt-{cluster.cluster_id}-late")
     await cluster.neutron.create_subnet(network.id, cidr="100.124.0.0/24")

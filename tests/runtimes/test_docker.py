@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kuryr import binding, settings
-from kuryr.neutron import client, resources
+from kuryr.neutron import client, connecting, resources
 from kuryr.ports import lifecycle
 from tests.cloud.conftest import TEST_TAG, binders, network  # noqa: F401  (fixtures)
 from tests.conftest import RUN_ID, netns_run, unavailable
@@ -100,7 +100,7 @@ def docker_resources(conn: Any) -> dict[str, tuple[str, ...]]:
 
 @pytest.fixture
 def conn(cloud_config: settings.KuryrSettings) -> Iterator[Any]:
-    c = client.connect(cloud_config.neutron)
+    c = connecting.connect(cloud_config.neutron)
     yield c
     c.close()
 

@@ -1,6 +1,6 @@
 """The async facade over openstacksdk: the only code that calls Neutron.
 
-Owns the connection (a clouds.yaml cloud or explicit auth options), one bounded thread pool in
+Owns the connection (made by ``connecting``), one bounded thread pool in
 which every blocking SDK call runs, the translation of SDK resources into ``resources``
 dataclasses, failure mapping (``failures.translate``) and the tags put on what it creates.
 It does not decide what to create: callers (``kuryr.ports``, entry points) do.
@@ -17,53 +17,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-import openstack.config
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
 from kuryr import errors, model, settings
-from kuryr.neutron import failures, operations, resources, tagging
+from kuryr.neutron import connecting, failures, operations, resources, tagging
 
 LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
 Observer = operations.Observer
-
-
-def connect(config: settings.NeutronSettings) -> openstack.connection.Connection:
-    """An SDK connection from ``[neutron]``. Raises ConfigError (message without secrets)."""
-    if not config.is_configured():
-        raise errors.ConfigError(
-            "Neutron is not configured: set [neutron] cloud = <clouds.yaml entry> or auth_url "
-            "(or run 'kuryr cloud up' for a local Neutron and use its kuryr.conf)")
-    try:
-        if config.cloud:
-            loader = openstack.config.OpenStackConfig(
-                config_files=[config.clouds_yaml] if config.clouds_yaml else None)
-            region = loader.get_one(cloud=config.cloud, region_name=config.region_name,
-                                    api_timeout=config.timeout)
-            return openstack.connection.Connection(config=region)
-        auth_type = config.auth_type or ("password" if config.username else "none")
-        options: dict[str, Any] = {
-            "auth_type": auth_type,
-            "auth_url": config.auth_url,
-            "region_name": config.region_name,
-            "network_endpoint_override": config.endpoint_override,
-            "api_timeout": config.timeout,
-        }
-        if auth_type != "none":
-            options.update({
-                "username": config.username,
-                "password": config.password,
-                "project_name": config.project_name,
-                "project_id": config.project_id,
-                "user_domain_name": config.user_domain_name,
-                "project_domain_name": config.project_domain_name,
-            })
-        return openstack.connection.Connection(
-            **{k: v for k, v in options.items() if v is not None})
-    except (sdk_exceptions.SDKException, TypeError) as e:
-        # The SDK's config errors name the cloud or option, never the password.
-        raise errors.ConfigError(f"cannot set up the Neutron client: {e}") from e
 
 
 class Neutron:
@@ -83,7 +45,7 @@ class Neutron:
     @classmethod
     def from_settings(cls, config: settings.KuryrSettings, *,
                       observer: Observer | None = None) -> Neutron:
-        return cls(connect(config.neutron), cluster_id=config.cluster_id,
+        return cls(connecting.connect(config.neutron), cluster_id=config.cluster_id,
                    max_workers=config.neutron.max_workers, observer=observer)
 
     def close(self) -> None:
@@ -103,8 +65,16 @@ class Neutron:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         result = "ok"
+        call = functools.partial(fn, *args, **kwargs)
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+            try:
+                return await loop.run_in_executor(self._pool, call)
+            except Exception as e:
+                if not failures.is_repeatable(e, what):
+                    raise
+                LOG.info("%s: %s; sending it once more", what, type(e).__name__)
+                await asyncio.sleep(0.1)
+                return await loop.run_in_executor(self._pool, call)
         except Exception as e:
             error = failures.translate(e, what)
             result = type(error).__name__

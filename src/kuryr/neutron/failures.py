@@ -2,7 +2,9 @@
 
 5xx, 409 revision conflicts, timeouts and refused connections are ``TemporaryError``; every
 other 4xx is ``PermanentError`` (``NotFoundError`` for 404, ``QuotaExceededError`` for quota
-and address exhaustion). Neutron's own message is kept; URLs and credentials are not.
+and address exhaustion). Neutron's own message is kept; URLs and credentials are not. A call
+that cannot create anything twice (find, get, list, delete) is sent once more when the
+connection failed under it (``is_repeatable``).
 """
 
 from __future__ import annotations
@@ -87,3 +89,15 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
     if isinstance(e, TimeoutError | ConnectionError):
         return errors.TemporaryError(f"{what}: {type(e).__name__}: {e}", delay=2.0)
     return errors.PermanentError(f"{what}: unexpected {type(e).__name__}: {e}")
+
+
+# Calls that change nothing, or whose repetition changes nothing more (deletes ignore a
+# missing resource): safe to send again when the connection failed under them.
+_REPEATABLE = ("find ", "get ", "list ", "delete ")
+
+
+def is_repeatable(e: BaseException, what: str) -> bool:
+    """Whether the call ``what`` may be sent once more after ``e``: the connection failed
+    (refused, reset, a pooled keep-alive connection the server had closed) and repeating
+    ``what`` cannot create anything twice."""
+    return isinstance(e, ks_exceptions.ConnectFailure) and what.startswith(_REPEATABLE)
