@@ -55,3 +55,49 @@ async def test_health_and_metrics_move_as_a_pod_gets_its_network(
     assert value("kuryr_neutron_calls_total", operation="list ports", result="ok") >= 1
     assert value("kuryr_reconciles_total", kind="pod", result="ok") >= 1
     assert value("kuryr_reconciles_total", kind="kuryrport", result="requeued") >= 1
+
+
+async def test_ports_waiting_for_active_cost_one_neutron_call_per_interval(
+        cluster: Cluster, controller: asyncio.Task[None], binders: Any,
+        make_netns: Any) -> None:
+    """Pods whose ports are not plugged yet: the controller looks at all of them in one list
+    per ``port_active_poll`` (0.2 s here), never port by port, and marks each active once
+    plugged."""
+    base = f"http://127.0.0.1:{cluster.config.kubernetes.health_port}"
+
+    async def scrape() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as response:
+            return _samples(await response.text())
+
+    def calls(samples: dict[Any, float], operation: str) -> float:
+        return samples.get(("kuryr_neutron_calls_total",
+                            frozenset({("operation", operation), ("result", "ok")})), 0.0)
+
+    cluster.create_namespace("wait")
+    names = [f"p{i}" for i in range(6)]
+    for name in names:
+        cluster.create_pod("wait", name)
+    for name in names:
+        await eventually(lambda n=name: cluster.vif("wait", n), what=f"VIF of {name}")
+
+    async def all_waiting() -> bool:
+        return (await scrape()).get(("kuryr_ports_waiting_active", frozenset()), 0) == 6
+
+    await eventually(all_waiting, what="6 ports waiting for ACTIVE", within=10)
+    before = await scrape()
+    await asyncio.sleep(2.0)  # ten intervals, six ports waiting
+    after = await scrape()
+    assert calls(after, "get port") == calls(before, "get port"), "a port polled by itself"
+    lists = calls(after, "list ports") - calls(before, "list ports")
+    assert 5 <= lists <= 12, f"{lists} lists of ports in 2 s at one per 0.2 s"
+
+    for name in names:
+        vif = model.VIF.from_dict(cluster.vif("wait", name) or {})
+        await lifecycle.plug_existing(cluster.neutron, binders, port_id=vif.port_id,
+                                      netns=make_netns(), ifname="eth0", host=cluster.node)
+    for name in names:
+        await eventually(lambda n=name: (cluster.vif("wait", n) or {}).get("is_active"),
+                         what=f"VIF of {name} active")
+    samples = await scrape()
+    assert samples[("kuryr_ports_waiting_active", frozenset())] == 0
+    assert samples[("kuryr_pod_network_ready_seconds_count", frozenset())] == 6

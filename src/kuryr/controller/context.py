@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from kuryr import settings
-from kuryr.controller import observing, reacting
+from kuryr.controller import activating, observing, reacting
 from kuryr.k8s import api, resources, watching
 from kuryr.neutron import client, tagging
 from kuryr.neutron import resources as neutron_resources
@@ -58,6 +58,8 @@ class Context:
     # Pod UID -> the port given to it, until the informer shows it in the KuryrPort status.
     claims: dict[str, Claim] = dataclasses.field(default_factory=dict)
     default_subnet: neutron_resources.Subnet | None = None  # pod_subnet, once looked up
+    # The ports waiting to be ACTIVE, looked at together (None: each KuryrPort polls its own).
+    active_ports: activating.ActivePorts | None = None
 
     def cached(self, plural: str, namespace: str | None, name: str) -> api.Object | None:
         return self.informers[plural].get(namespace, name)

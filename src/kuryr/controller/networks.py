@@ -60,9 +60,7 @@ async def handle_network(ctx: context.Context, namespace: str, name: str) -> flo
         return await _release(ctx, network)
     if placing.is_default_mode(ctx):
         return None
-    await _ensure(ctx, network)
-    for port in ctx.informers["kuryrports"].in_namespace(namespace):
-        ctx.reactor.trigger(("kuryrport", namespace, port["metadata"]["name"]))
+    await _ensure(ctx, network)  # its status change wakes the namespace's KuryrPorts
     return None
 
 

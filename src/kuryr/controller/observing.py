@@ -50,6 +50,9 @@ class Metrics:
             "(a port was created instead).", ["result"], registry=self.registry)
         self.pool_ready = prometheus_client.Gauge(
             "kuryr_pool_ready_ports", "Ports ready in the nodes' pools.", registry=self.registry)
+        self.ports_waiting_active = prometheus_client.Gauge(
+            "kuryr_ports_waiting_active", "Pods' ports plugged or about to be, that Neutron has "
+            "not marked ACTIVE yet.", registry=self.registry)
         self.gc_runs = prometheus_client.Counter(
             "kuryr_gc_runs", "Periodic garbage collections by result (ok, failed: some orphan "
             "could not be removed, or an error class name).", ["result"], registry=self.registry)

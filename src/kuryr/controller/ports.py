@@ -4,15 +4,17 @@ A scheduled pod that is not on the host network gets a finalizer and a KuryrPort
 finalizer, ownerReference to the pod, spec ``podUid``/``podNodeName``). The KuryrPort gets a
 Neutron port where ``placing`` says (``binding:host_id`` = node, ``device_owner
 compute:kuryr``) and ``status.vifs.eth0`` (upstream's shape: ``{default, vif}``), with
-``vif.is_active`` set once Neutron reports ACTIVE (polled, not waited for in a worker).
+``vif.is_active`` set once Neutron reports ACTIVE (``activating`` looks at every waiting port
+in one call per interval; no worker waits).
 
 The port is taken from the node's pool when it has one ready (``kuryr.pools.nodes``): no
 Neutron call before the VIF is written. The KuryrPort status is the record of ownership: once
-it names the port, the next run rewrites the port's ``device_id``, name and owner tag (pool
-tags dropped) and deletes any other port of the pod, so a controller killed anywhere neither
-duplicates nor leaks, and the pool rebuilt after a restart leaves out every port a status
-names. Without a ready pool port, one is created with ``device_id`` = pod UID and found again
-by it before another is made, which survives a kill between Neutron's POST and its tagging.
+it names the port and the port is ACTIVE (or ``ADOPT_AFTER`` has passed), a run rewrites the
+port's ``device_id``, name and owner tag (pool tags dropped) and deletes any other port of the
+pod, so a controller killed anywhere neither duplicates nor leaks, and the pool rebuilt after
+a restart leaves out every port a status names. Without a ready pool port, one is created
+with ``device_id`` = pod UID and found again by it before another is made, which survives a
+kill between Neutron's POST and its tagging.
 
 Deletion, in order: pod marked deleted -> its KuryrPort deleted -> the Neutron port deleted ->
 the KuryrPort finalizer removed -> the pod finalizer removed. Ports are not recycled into the
@@ -34,6 +36,11 @@ from kuryr.ports import lifecycle
 
 LOG = logging.getLogger(__name__)
 IFNAME = "eth0"
+# Seconds after which a KuryrPort waiting for ACTIVE looks at its port itself, in case the
+# shared wait (``activating``) lost it.
+SAFETY_RECHECK = 30.0
+# Seconds a pod's port may stay not ACTIVE before its owner is rewritten in Neutron anyway.
+ADOPT_AFTER = 10.0
 
 
 def is_networked(pod: api.Object) -> bool:
@@ -167,15 +174,25 @@ async def _follow(ctx: context.Context, kuryr_port: api.Object, port_id: str,
         await ctx.kube.patch(resources.KURYR_PORTS, meta["namespace"], meta["name"],
                              {"status": {"vifs": None}}, status=True)
         return None
-    if not _is_owned(ctx, port, pod_uid):
+    # Rewriting the owner in Neutron waits until the pod has its network, or has waited
+    # ADOPT_AFTER (a controller that restarted knows no wait): on a busy Neutron the update
+    # would slow the very ACTIVE the pod waits for. Meanwhile the status records the owner.
+    waited = time.monotonic() - ctx.pods_seen.get(pod_uid, float("-inf"))
+    if not _is_owned(ctx, port, pod_uid) and (port.is_active or waited > ADOPT_AFTER):
         await _adopt(ctx, kuryr_port, port, pod_uid)
     vif = dict(kuryr_port["status"]["vifs"][IFNAME]["vif"])
     vif["is_active"] = port.is_active
     is_written = await _write_vif(ctx, kuryr_port, vif)
-    seen = ctx.pods_seen.pop(pod_uid, None) if port.is_active else None
+    if not port.is_active:
+        poll = ctx.config.kubernetes.port_active_poll
+        if ctx.active_ports is None:
+            return poll
+        ctx.active_ports.wait_for(port.id, ("kuryrport", meta["namespace"], meta["name"]))
+        return max(SAFETY_RECHECK, poll)  # should that wait ever be lost
+    seen = ctx.pods_seen.pop(pod_uid, None)
     if seen is not None and is_written:
         ctx.metrics.pod_network_ready.observe(time.monotonic() - seen)
-    return None if port.is_active else ctx.config.kubernetes.port_active_poll
+    return None
 
 
 def _is_owned(ctx: context.Context, port: neutron_resources.Port, pod_uid: str) -> bool:
@@ -210,6 +227,8 @@ async def _release(ctx: context.Context, kuryr_port: api.Object, pod_uid: str) -
     claim = ctx.claims.pop(pod_uid, None)
     port_ids.update(i for i in (recorded, claim and claim.port_id) if i)
     for port_id in sorted(port_ids):
+        if ctx.active_ports is not None:
+            ctx.active_ports.forget(port_id)
         await ctx.neutron.delete_port(port_id)
     await ctx.kube.set_finalizer(resources.KURYR_PORTS, kuryr_port, context.PORT_FINALIZER,
                                  present=False)

@@ -21,6 +21,7 @@ import time
 
 from kuryr import errors, settings
 from kuryr.controller import (
+    activating,
     collecting,
     context,
     leading,
@@ -112,10 +113,14 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
 
     kubernetes = config.kubernetes
     reactor = reacting.Reactor(handle, on_permanent=report, workers=kubernetes.workers)
-    pool = nodes.NodePools(neutron, size=kubernetes.pool_size, batch=kubernetes.pool_batch)
+    active_ports = activating.ActivePorts(neutron, reactor.trigger,
+                                          interval=kubernetes.port_active_poll)
+    pool = nodes.NodePools(neutron, size=kubernetes.pool_size, batch=kubernetes.pool_batch,
+                           busy=lambda: len(active_ports) > 0)
     ctx = context.Context(config=config, kube=kube, neutron=neutron, reactor=reactor,
-                          metrics=metrics, pool=pool)
+                          metrics=metrics, pool=pool, active_ports=active_ports)
     metrics.pool_ready.set_function(pool.total)
+    metrics.ports_waiting_active.set_function(lambda: len(active_ports))
     started = asyncio.Event()
 
     def changed(plural: str, namespace: str, name: str) -> None:
@@ -142,6 +147,7 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
             LOG.info("kuryr controller acting: %d pods, %d namespaces",
                      len(ctx.informers["pods"].objects),
                      len(ctx.informers["namespaces"].objects))
+            tasks.append(group.create_task(active_ports.run(), name="wait for ACTIVE"))
             if kubernetes.gc_interval > 0:
                 tasks.append(group.create_task(collecting.collect_periodically(
                     ctx, interval=kubernetes.gc_interval), name="gc"))
@@ -168,7 +174,12 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
     elif plural == "kuryrports":
         trigger(("kuryrport", namespace, name))
         trigger(("pod", namespace, name))
-        trigger(("kuryrnetwork", namespace, namespace))
+        network = ctx.cached("kuryrnetworks", namespace, namespace)
+        if network is not None and network["metadata"].get("deletionTimestamp"):
+            # A KuryrNetwork being deleted waits for the last KuryrPort of its namespace;
+            # otherwise a port's change is no business of its network (with 50 pods
+            # starting, it once cost a full reconcile of the network per status write).
+            trigger(("kuryrnetwork", namespace, namespace))
     elif plural == "namespaces":
         trigger(("namespace", "", name))
         trigger(_POOLS)
@@ -176,6 +187,9 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
         trigger(("kuryrnetwork", namespace, name))
         trigger(("namespace", "", namespace))
         trigger(_POOLS)
+        # The KuryrPorts waiting for their network's subnet (or for it to go).
+        for port in ctx.informers["kuryrports"].in_namespace(namespace):
+            trigger(("kuryrport", namespace, port["metadata"]["name"]))
 
 
 async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Collection, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Collection, Coroutine, Iterable, Sequence
 from typing import Any
 
 from kuryr import errors, model
@@ -95,15 +95,27 @@ def is_unowned(port: resources.Port) -> bool:
     return not port.device_id or port.device_id.startswith(BATCH_PREFIX)
 
 
+# Seconds after a take during which a refill still counts the pods as starting: the takes of
+# a burst come before their ports wait for ACTIVE.
+TAKES_SETTLE = 2.0
+
+
 class NodePools:
     """Ready ports by key; ``take`` never calls Neutron. Refills run in the background."""
 
     def __init__(self, neutron: client.Neutron, *, size: int, batch: int,
-                 retry_delay: float = 5.0) -> None:
+                 retry_delay: float = 5.0, busy: Callable[[], bool] = lambda: False,
+                 yield_for: float = 10.0) -> None:
         self.neutron = neutron
         self.size = size
         self.batch = max(1, batch)
         self.retry_delay = retry_delay
+        # While ``busy()`` (pods' ports waiting for ACTIVE), a refill waits, up to
+        # ``yield_for`` seconds per batch: on one Neutron its bulk creates would slow the
+        # very pods that emptied the pool.
+        self.busy = busy
+        self.yield_for = yield_for
+        self._last_take = float("-inf")
         self.ready: dict[NodeKey, list[PooledPort]] = {}
         self._wanted: set[NodeKey] = set()
         self._refills: dict[NodeKey, asyncio.Task[None]] = {}
@@ -127,6 +139,7 @@ class NodePools:
         refill. The caller records the port's new owner before anything else."""
         ready = self.ready.get(key) if key in self._wanted else None
         taken = ready.pop(0) if ready else None
+        self._last_take = time.monotonic()
         self._wake(key)
         return taken
 
@@ -170,6 +183,7 @@ class NodePools:
     async def _refill(self, key: NodeKey) -> None:
         delay = self.retry_delay
         while key in self._wanted and self.count(key) < self.size:
+            await self._yield()
             wanted = min(self.batch, self.size - self.count(key))
             try:
                 await self._add(key, wanted)
@@ -180,6 +194,13 @@ class NodePools:
                             key.tag_value(), wanted, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 120.0)
+
+    async def _yield(self) -> None:
+        """Let the pods being started go first (``busy``), for at most ``yield_for`` s."""
+        deadline = time.monotonic() + self.yield_for
+        while time.monotonic() < deadline and (  # noqa: ASYNC110 (busy() is a plain call)
+                self.busy() or time.monotonic() - self._last_take < TAKES_SETTLE):
+            await asyncio.sleep(0.5)
 
     async def _add(self, key: NodeKey, count: int) -> None:
         # A Neutron request goes on in its thread when its caller is cancelled: whatever it
