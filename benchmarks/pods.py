@@ -262,6 +262,11 @@ def describe(label: str, runs: list[dict[str, Any]]) -> float:
         if samples:
             print(f"    {what:<7} per pod (last run): median {statistics.median(samples):6.2f} s"
                   f"  p90 {percentile(samples, 0.9):6.2f} s  max {max(samples):6.2f} s")
+    active = sorted(last["active"])
+    if len(active) > 1:
+        print(f"    ports turned ACTIVE one after another, one per "
+              f"{(active[-1] - active[0]) / (len(active) - 1):.2f} s (Neutron's processing of "
+              f"OVN's port-up events; the ADDs wait for it)")
     calls = ", ".join(f"{op} {n}" for op, n in sorted(last["calls"].items())) or "none"
     print(f"    Neutron calls by the controller in the window (last run): {calls}")
     return median
