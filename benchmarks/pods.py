@@ -40,6 +40,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
+from tests.k8s.conftest import eventually  # noqa: E402
 from tests.runtimes.conftest import REFERENCE_PLUGINS  # noqa: E402
 from tests.support import cni, k8s, processes  # noqa: E402
 
@@ -149,9 +150,11 @@ async def kuryr_run(config: settings.KuryrSettings, executable: pathlib.Path,
             store = api.store
             store.create(k8s.NODES, None, {"metadata": {"name": NODE}})
             store.create(k8s.NAMESPACES, None, {"metadata": {"name": "bench"}})
-            await _until(lambda: _status(store, "bench").get("netId"), 120, "namespace network")
+            await eventually(lambda: _status(store, "bench").get("netId"), within=120,
+                             what="namespace network")
             if pooled:
-                await _until(lambda: _pool_ready(neutron, count), 300, f"{count} pool ports")
+                await eventually(lambda: _pool_ready(neutron, count), within=300,
+                                 what=f"{count} pool ports")
             await asyncio.to_thread(daemon.start)
             try:
                 for name in netns_names:
@@ -216,19 +219,6 @@ async def _watch_vifs(store: Any, seen: dict[str, dict[str, float]]) -> None:
             if vif and vif.get("is_active") and name not in seen["active"]:
                 seen["active"][name] = time.perf_counter()
         await asyncio.sleep(0.01)
-
-
-async def _until(check: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} not ready within {within} s")
-        await asyncio.sleep(0.2)
 
 
 async def _remove(neutron: client.Neutron, config: settings.KuryrSettings) -> None:

@@ -119,8 +119,8 @@ def _diagnose(kuryr_port: api.Object | None, pod: Pod) -> str:
 
 
 class KubernetesMode:
-    """Serves CNI requests in Kubernetes mode. ``start`` begins watching; ``handle`` is the
-    one entry point."""
+    """Serves CNI requests in Kubernetes mode (``server.dispatch`` calls ``add``, ``delete``,
+    ``check``, ``gc`` and ``status``). ``start`` begins watching."""
 
     needs_network = False  # the pod's KuryrPort names its network, not the CNI config
 
@@ -162,23 +162,6 @@ class KubernetesMode:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def handle(self, request: protocol.Request) -> results.Result | None:
-        """Run one request; ADD returns its result. Raises CniError or a KuryrError."""
-        if request.command == "STATUS":
-            await self.status()
-            return None
-        if request.command == "GC":
-            await self.gc(request.config)
-            return None
-        async with self.locks.hold(request.container_id, timeout=self.config.lock_timeout):
-            if request.command == "ADD":
-                return await self.add(request)
-            if request.command == "DEL":
-                await self.delete(request)
-            elif request.command == "CHECK":
-                await self.check(request)
-        return None
 
     # -- waiting on the informer ------------------------------------------------------------
     def _changed(self, namespace: str, name: str) -> None:

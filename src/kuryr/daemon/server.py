@@ -27,7 +27,7 @@ from aiohttp import web
 
 from kuryr import binding, errors, settings
 from kuryr.cni import codes, protocol, results
-from kuryr.daemon import kubernetes, observing, standalone
+from kuryr.daemon import kubernetes, locking, observing, standalone
 from kuryr.k8s import api
 from kuryr.neutron import client
 from kuryr.pools import warm
@@ -47,17 +47,43 @@ def error_response(error: codes.CniError, version: str) -> web.Response:
 
 
 class Handler(Protocol):
-    """What serves requests in one mode."""
+    """What serves requests in one mode. Each method raises CniError or a KuryrError."""
 
     needs_network: bool  # whether the CNI configuration must name a Neutron network
+    config: settings.CniDaemonSettings
+    locks: locking.KeyedLocks  # per container ID; the mode's GC takes them too
 
-    async def handle(self, request: protocol.Request) -> results.Result | None:
-        """Raises CniError or a KuryrError."""
+    async def add(self, request: protocol.Request) -> results.Result: ...
+
+    async def delete(self, request: protocol.Request) -> None: ...
+
+    async def check(self, request: protocol.Request) -> None: ...
+
+    async def gc(self, conf: protocol.NetConf) -> list[str]: ...
 
     async def status(self, conf: protocol.NetConf | None = None) -> None:
         """Raises CniError 50 or 51 when not ready."""
 
     async def close(self) -> None: ...
+
+
+async def dispatch(handler: Handler, request: protocol.Request) -> results.Result | None:
+    """Run one request in ``handler``'s mode; ADD returns its result. ADD, DEL and CHECK of
+    one container run one at a time."""
+    if request.command == "STATUS":
+        await handler.status(request.config)
+        return None
+    if request.command == "GC":
+        await handler.gc(request.config)
+        return None
+    async with handler.locks.hold(request.container_id, timeout=handler.config.lock_timeout):
+        if request.command == "ADD":
+            return await handler.add(request)
+        if request.command == "DEL":
+            await handler.delete(request)
+        elif request.command == "CHECK":
+            await handler.check(request)
+    return None
 
 
 class Daemon:
@@ -174,7 +200,7 @@ class Daemon:
         try:
             cni_request = protocol.parse_request(env, conf,
                                                  needs_network=self.handler.needs_network)
-            result = await self.handler.handle(cni_request)
+            result = await dispatch(self.handler, cni_request)
         except Exception as e:  # every failure goes back to the runtime as a CNI error
             error = codes.from_exception(e)
             seconds = time.monotonic() - started

@@ -65,7 +65,8 @@ def owner_tags(request: protocol.Request) -> list[str]:
 
 
 class Standalone:
-    """Serves CNI requests in standalone mode. ``handle`` is the one entry point."""
+    """Serves CNI requests in standalone mode (``server.dispatch`` calls ``add``, ``delete``,
+    ``check``, ``gc`` and ``status``)."""
 
     needs_network = True  # the CNI configuration names the Neutron network
 
@@ -88,23 +89,6 @@ class Standalone:
     async def close(self, *, timeout: float = 10.0) -> None:
         """Let background releases finish (at most ``timeout`` seconds)."""
         await self.releases.drain(timeout)
-
-    async def handle(self, request: protocol.Request) -> results.Result | None:
-        """Run one request; ADD returns its result. Raises CniError or a KuryrError."""
-        if request.command == "STATUS":
-            await self.status(request.config)
-            return None
-        if request.command == "GC":
-            await self.gc(request.config)
-            return None
-        async with self.locks.hold(request.container_id, timeout=self.config.lock_timeout):
-            if request.command == "ADD":
-                return await self.add(request)
-            if request.command == "DEL":
-                await self.delete(request)
-            elif request.command == "CHECK":
-                await self.check(request)
-        return None
 
     # -- ADD ------------------------------------------------------------------------------------
     async def add(self, request: protocol.Request) -> results.Result:
