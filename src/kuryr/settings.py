@@ -173,6 +173,11 @@ class KubernetesSettings:
     pool_size: int = dataclasses.field(default=0, metadata={"zero_is_off": True})
     pool_batch: int = 10
     gc_interval: float = dataclasses.field(default=300.0, metadata={"zero_is_off": True})
+    # Services (upstream's [neutron_defaults] names, kept in [kubernetes] here): the Neutron
+    # subnet (name or ID) whose addresses are the cluster's clusterIPs (load balancers' VIPs),
+    # and the external network floating IPs of type=LoadBalancer Services come from.
+    service_subnet: str | None = None
+    external_svc_net: str | None = None
 
     def __post_init__(self) -> None:
         if self.pod_subnets_driver not in ("namespace", "default"):
@@ -186,6 +191,27 @@ class KubernetesSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class OctaviaSettings:
+    """Octavia, for Services (``[octavia_defaults]``, upstream's section name).
+
+    Octavia is reached with the ``[neutron]`` credentials (a clouds.yaml cloud names its
+    load-balancer endpoint itself; ``endpoint_override`` is for explicit options without
+    Keystone). Load balancers are made by ``provider`` with ``lb_algorithm`` (the OVN provider
+    takes only SOURCE_IP_PORT and SOURCE_IP); ``timeout_client_data`` and
+    ``timeout_member_data`` (milliseconds, 0: Octavia's default) go on every listener unless
+    a Service's annotation says otherwise; waits for a provisioning status are bounded by
+    ``provisioning_timeout`` seconds.
+    """
+
+    endpoint_override: str | None = None
+    provider: str = "ovn"
+    lb_algorithm: str = "SOURCE_IP_PORT"
+    timeout_client_data: int = dataclasses.field(default=0, metadata={"zero_is_off": True})
+    timeout_member_data: int = dataclasses.field(default=0, metadata={"zero_is_off": True})
+    provisioning_timeout: float = 120.0
+
+
+@dataclasses.dataclass(frozen=True)
 class KuryrSettings:
     """Everything kuryr reads from its configuration."""
 
@@ -195,17 +221,20 @@ class KuryrSettings:
     cni_daemon: CniDaemonSettings = dataclasses.field(default_factory=CniDaemonSettings)
     libnetwork: LibnetworkSettings = dataclasses.field(default_factory=LibnetworkSettings)
     kubernetes: KubernetesSettings = dataclasses.field(default_factory=KubernetesSettings)
+    octavia: OctaviaSettings = dataclasses.field(default_factory=OctaviaSettings)
     source: str | None = None
 
 
 # Section and option names as they appear in kuryr.conf, mapped to the dataclass holding them.
 _SECTIONS: dict[str, type[NeutronSettings] | type[BindingSettings] | type[CniDaemonSettings]
-                | type[LibnetworkSettings] | type[KubernetesSettings]] = {
+                | type[LibnetworkSettings] | type[KubernetesSettings]
+                | type[OctaviaSettings]] = {
     "neutron": NeutronSettings,
     "binding": BindingSettings,
     "cni_daemon": CniDaemonSettings,
     "libnetwork": LibnetworkSettings,
     "kubernetes": KubernetesSettings,
+    "octavia_defaults": OctaviaSettings,
 }
 # Upstream kuryr.conf names that we accept as aliases of ours.
 _ALIASES = {("ovs", "bridge"): ("binding", "ovs_bridge")}
@@ -291,12 +320,13 @@ def from_parser(parser: configparser.ConfigParser, *, environ: Mapping[str, str]
     libnetwork = _build(LibnetworkSettings, "libnetwork", values["libnetwork"])
     cni_daemon = _build(CniDaemonSettings, "cni_daemon", values["cni_daemon"])
     kubernetes = _build(KubernetesSettings, "kubernetes", values["kubernetes"])
+    octavia = _build(OctaviaSettings, "octavia_defaults", values["octavia_defaults"])
     cluster_id = top.get("cluster_id", "kuryr")
     if not cluster_id or any(c.isspace() or c == "," for c in cluster_id):
         raise errors.ConfigError(f"cluster_id {cluster_id!r} must be a word without ',' or spaces")
     return KuryrSettings(cluster_id=cluster_id, neutron=neutron, binding=binding,
                          cni_daemon=cni_daemon, libnetwork=libnetwork, kubernetes=kubernetes,
-                         source=source)
+                         octavia=octavia, source=source)
 
 
 def _build(cls: type[_T], section: str, raw: dict[str, str]) -> _T:

@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import openstack.connection
 import pytest
@@ -283,3 +283,99 @@ async def test_wait_for_status_is_bounded(neutron: client.Neutron,
 def test_unconfigured_neutron_says_how_to_configure() -> None:
     with pytest.raises(errors.ConfigError, match="kuryr cloud up"):
         connecting.connect(settings.NeutronSettings())
+
+
+@contextlib.asynccontextmanager
+async def _external_network(cloud_config: settings.KuryrSettings) -> AsyncIterator[str]:
+    """A tagged external network of the test's own (no traffic needed: Neutron alone decides
+    whether a floating IP can be made), with a subnet in 100.64.<n>.0/24."""
+    n = uuid.uuid4().int % 200 + 20
+    conn: openstack.connection.Connection = connecting.connect(cloud_config.neutron)
+    net = conn.network.create_network(name=f"kt-{RUN_ID}-external", is_router_external=True)
+    try:
+        conn.network.set_tags(net, [TEST_TAG])
+        conn.network.create_subnet(network_id=net.id, cidr=f"100.64.{n}.0/24", ip_version=4,
+                                   is_dhcp_enabled=False)
+        yield str(net.id)
+    finally:
+        for fip in conn.network.ips(floating_network_id=net.id):
+            conn.network.delete_ip(fip)
+        for subnet in conn.network.subnets(network_id=net.id):
+            conn.network.delete_subnet(subnet)
+        conn.network.delete_network(net)
+        conn.close()
+
+
+async def test_floating_ips_and_router_gateway(neutron: client.Neutron,
+                                               network: resources.Network,
+                                               cloud_config: settings.KuryrSettings) -> None:
+    v4 = next(s for s in await neutron.list_subnets(network_id=network.id) if s.ip_version == 4)
+    router = await neutron.create_router(f"kt-{RUN_ID}-fip-router", tags=[TEST_TAG])
+    async with _external_network(cloud_config) as external_id:
+        try:
+            await neutron.set_router_gateway(router.id, external_id)
+            assert (await neutron.get_router(router.id)).external_network_id == external_id
+            await neutron.add_router_interface(router.id, v4.id)
+            port = await neutron.create_port(network.id, tags=[TEST_TAG])
+            fixed = next(f.ip_address for f in port.fixed_ips if f.subnet_id == v4.id)
+            fip = await neutron.create_floating_ip(
+                external_id, port_id=port.id, tags=[TEST_TAG], description="kt: a service")
+            assert (fip.port_id, fip.fixed_ip_address) == (port.id, fixed)
+            assert fip.floating_network_id == external_id and fip.description == "kt: a service"
+            assert _base(neutron) | {TEST_TAG} <= set(fip.tags)
+            found = await neutron.find_floating_ip(fip.floating_ip_address)
+            assert found is not None and found.id == fip.id
+            assert await neutron.find_floating_ip("192.0.2.254") is None
+            by_port = await neutron.list_floating_ips(tags=[TEST_TAG], port_id=port.id)
+            assert [f.id for f in by_port] == [fip.id]
+
+            loose = await neutron.update_floating_ip(fip.id, port_id=None)
+            assert (loose.port_id, loose.fixed_ip_address) == (None, None)
+            assert (await neutron.get_floating_ip(fip.id)).port_id is None
+            again = await neutron.update_floating_ip(fip.id, port_id=port.id)
+            assert again.port_id == port.id
+            with pytest.raises(errors.PermanentError, match=r"gateway|floating|[Ii]n use"):
+                await neutron.clear_router_gateway(router.id)  # a floating IP still uses it
+
+            await neutron.delete_floating_ip(fip.id)
+            await neutron.delete_floating_ip(fip.id)  # idempotent
+            with pytest.raises(errors.NotFoundError, match=fip.id):
+                await neutron.get_floating_ip(fip.id)
+            await neutron.clear_router_gateway(router.id)
+            await neutron.clear_router_gateway(router.id)  # idempotent
+            assert (await neutron.get_router(router.id)).external_network_id is None
+        finally:
+            for left in await neutron.list_floating_ips(floating_network_id=external_id):
+                await neutron.delete_floating_ip(left.id)
+            await neutron.remove_router_interface(router.id, v4.id)
+            await neutron.clear_router_gateway(router.id)
+            await neutron.delete_router(router.id)
+
+
+async def test_security_group_listing_and_rule_descriptions(neutron: client.Neutron) -> None:
+    group = await neutron.create_security_group(f"kt-{RUN_ID}-listed", tags=[TEST_TAG],
+                                                description="kt: listed")
+    peer = await neutron.create_security_group(f"kt-{RUN_ID}-peer", tags=[TEST_TAG])
+    try:
+        assert {group.id, peer.id} <= {g.id for g in
+                                       await neutron.list_security_groups(tags=[TEST_TAG])}
+        [named] = await neutron.list_security_groups(name=group.name)
+        assert (named.id, named.description) == (group.id, "kt: listed")
+        assert named.project_id == group.project_id != ""
+        by_prefix = await neutron.create_security_group_rule(
+            group.id, protocol="udp", port_range_min=53, port_range_max=53,
+            remote_ip_prefix="10.0.0.0/8", description="kt: dns")
+        by_group = await neutron.create_security_group_rule(
+            group.id, ethertype="IPv6", remote_group_id=peer.id)
+        rules = {r.id: r for r in
+                 await neutron.list_security_group_rules(security_group_id=group.id)}
+        assert rules[by_prefix.id].description == "kt: dns"
+        assert rules[by_prefix.id].remote_ip_prefix == "10.0.0.0/8"
+        assert (rules[by_group.id].remote_group_id, rules[by_group.id].ethertype) == (
+            peer.id, "IPv6")
+        # Neutron's egress defaults come with a new group; every rule listed is the group's.
+        assert all(r.security_group_id == group.id for r in rules.values())
+        assert any(r.direction == "egress" for r in rules.values())
+    finally:
+        await neutron.delete_security_group(group.id)
+        await neutron.delete_security_group(peer.id)

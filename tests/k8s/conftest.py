@@ -29,6 +29,7 @@ from kuryr.binding import ovs as ovs_binding
 from kuryr.cli import install_cni
 from kuryr.controller import networks, running
 from kuryr.neutron import client, connecting, tagging
+from kuryr.octavia import client as octavia_client
 from kuryr.pools import nodes
 from tests.conftest import RUN_ID
 from tests.support import cni, k8s
@@ -41,6 +42,7 @@ class Cluster:
     api: k8s.Api
     config: settings.KuryrSettings
     neutron: client.Neutron
+    octavia: octavia_client.Octavia | None = None
 
     @property
     def cluster_id(self) -> str:
@@ -128,6 +130,9 @@ def environ(cluster: Cluster, **options: str) -> dict[str, str]:
             "KURYR_KUBERNETES_PORT_ACTIVE_POLL": "0.2",
             "KURYR_KUBERNETES_LEADER_ELECTION": "false",
             "KURYR_KUBERNETES_HEALTH_PORT": str(free_port()),
+            **({"KURYR_KUBERNETES_SERVICE_SUBNET": kubernetes.service_subnet,
+                "KURYR_KUBERNETES_EXTERNAL_SVC_NET": str(kubernetes.external_svc_net)}
+               if kubernetes.service_subnet else {}),
             **{f"KURYR_KUBERNETES_{k.upper()}": v for k, v in options.items()}}
 
 
@@ -185,29 +190,88 @@ async def eventually(check: Callable[[], Any | Awaitable[Any]], *, within: float
         await asyncio.sleep(0.1)
 
 
-@pytest.fixture
-async def cluster(cloud_config: settings.KuryrSettings) -> AsyncIterator[Cluster]:
+@contextlib.asynccontextmanager
+async def making_cluster(cloud_config: settings.KuryrSettings, *,
+                         with_services: bool = False) -> AsyncIterator[Cluster]:
+    """A test's cluster: its own cluster id, API double, subnet pool and router; with
+    ``with_services`` also a service subnet on the router (whose gateway is then on the
+    local cloud's external network), the double allocating clusterIPs from its lower half
+    and writing EndpointSlices. Everything tagged for the cluster is removed at the end."""
     n = uuid.uuid4().int % 64
     cluster_id = f"kt{RUN_ID}{uuid.uuid4().hex[:4]}"
     neutron = client.Neutron(connecting.connect(cloud_config.neutron), cluster_id=cluster_id)
+    octavia = octavia_client.Octavia(
+        connecting.connect(cloud_config.neutron,
+                           load_balancer_endpoint=cloud_config.octavia.endpoint_override),
+        base_tags=neutron.base_tags) if with_services else None
     test_tag = tagging.owner("test", RUN_ID)
     pool = await neutron.create_subnet_pool(f"kt-{cluster_id}", prefixes=[f"100.{64 + n}.0.0/16"],
                                             default_prefix_length=26, tags=[test_tag])
     router = await neutron.create_router(f"kt-{cluster_id}", tags=[test_tag])
+    service_net = None
     resources = [*k8s.CORE_RESOURCES, *k8s.KURYR_RESOURCES]
     try:
-        async with k8s.serve(resources=resources, namespaces=(), bookmark_interval=5) as api:
-            kubernetes = settings.KubernetesSettings(
-                api_root=api.url, pod_subnet_pool=pool.id, pod_router=router.id,
-                port_active_poll=0.2, health_port=free_port(), leader_election=False)
-            config = dataclasses.replace(cloud_config, cluster_id=cluster_id,
-                                         kubernetes=kubernetes)
-            yield Cluster(api=api, config=config, neutron=neutron)
+        serve_options: dict[str, Any] = {}
+        kubernetes = settings.KubernetesSettings(
+            pod_subnet_pool=pool.id, pod_router=router.id, port_active_poll=0.2,
+            health_port=free_port(), leader_election=False)
+        if with_services:
+            external = cloud_config.kubernetes.external_svc_net
+            if not external:
+                pytest.fail("the local cloud's kuryr.conf names no [kubernetes] "
+                            "external_svc_net")
+            service_net = await neutron.create_network(f"kt-{cluster_id}-services",
+                                                       tags=[test_tag])
+            # The service subnet's split: clusterIPs from the lower half (the double's
+            # service range), Neutron's own ports (router interface) from the upper half.
+            m = uuid.uuid4().int % 250
+            subnet = await neutron.create_subnet(
+                service_net.id, cidr=f"172.30.{m}.0/24", ip_version=4,
+                gateway_ip=f"172.30.{m}.254", tags=[test_tag],
+                allocation_pools=[{"start": f"172.30.{m}.128", "end": f"172.30.{m}.253"}])
+            await neutron.add_router_interface(router.id, subnet.id)
+            await neutron.set_router_gateway(router.id, external)
+            serve_options = {"service_cidr": f"172.30.{m}.0/25", "endpoint_slices": True}
+            kubernetes = dataclasses.replace(kubernetes, service_subnet=subnet.id,
+                                             external_svc_net=external)
+        async with k8s.serve(resources=resources, namespaces=(), bookmark_interval=5,
+                             **serve_options) as api:
+            config = dataclasses.replace(
+                cloud_config, cluster_id=cluster_id,
+                kubernetes=dataclasses.replace(kubernetes, api_root=api.url))
+            yield Cluster(api=api, config=config, neutron=neutron, octavia=octavia)
     finally:
+        if octavia is not None:
+            await _remove_services(neutron, octavia)
         await _remove_cluster(neutron, cloud_config)
+        if service_net is not None:
+            await neutron.clear_router_gateway(router.id)
+            for subnet_id in service_net.subnet_ids or [
+                    s.id for s in await neutron.list_subnets(network_id=service_net.id)]:
+                await neutron.remove_router_interface(router.id, subnet_id)
+            await networks.release_network(neutron, service_net.id)
         await neutron.delete_router(router.id)
         await neutron.delete_subnet_pool(pool.id)
+        if octavia is not None:
+            octavia.close()
         neutron.close()
+
+
+@pytest.fixture
+async def cluster(cloud_config: settings.KuryrSettings) -> AsyncIterator[Cluster]:
+    async with making_cluster(cloud_config) as made:
+        yield made
+
+
+async def _remove_services(neutron: client.Neutron, octavia: octavia_client.Octavia) -> None:
+    """Whatever a test left of its Services: load balancers, floating IPs, the group."""
+    for lb in await octavia.list_load_balancers(tags=list(neutron.base_tags)):
+        with contextlib.suppress(Exception):
+            await octavia.wait_load_balancer(lb.id, timeout=30)
+        await octavia.delete_load_balancer(lb.id, cascade=True)
+        await octavia.wait_load_balancer_deleted(lb.id, timeout=60)
+    for fip in await neutron.list_floating_ips(tags=list(neutron.base_tags)):
+        await neutron.delete_floating_ip(fip.id)
 
 
 async def _remove_cluster(neutron: client.Neutron, cloud_config: settings.KuryrSettings) -> None:
@@ -222,6 +286,8 @@ async def _remove_cluster(neutron: client.Neutron, cloud_config: settings.KuryrS
         binder.close()
     for net in await neutron.list_networks(tags=list(neutron.base_tags)):
         await networks.release_network(neutron, net.id)
+    for group in await neutron.list_security_groups(tags=list(neutron.base_tags)):
+        await neutron.delete_security_group(group.id)
 
 
 @pytest.fixture

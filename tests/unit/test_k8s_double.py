@@ -498,3 +498,189 @@ async def test_kubernetes_asyncio_lists_watches_and_elects(api: k8s.Api) -> None
         lease = await kubernetes.client.CoordinationV1Api(client).read_namespaced_lease(
             "leader", "kube-system")
         assert lease.spec.holder_identity == "one"
+
+
+# -- Services: defaulting, validation, clusterIP allocation -----------------------------------
+
+SERVICES = "/api/v1/namespaces/default/services"
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[tuple[k8s.Api, aiohttp.ClientSession]]:
+    """A double with a small service CIDR: 10.96.0.0/29 leaves .2 to .6 for Services."""
+    async with k8s.serve(service_cidr="10.96.0.0/29", bookmark_interval=0.1) as running, \
+            aiohttp.ClientSession(running.url) as session:
+        yield running, session
+
+
+async def make_service(http: aiohttp.ClientSession, name: str, *, expect: int = 201,
+                       **spec: Any) -> dict[str, Any]:
+    spec.setdefault("ports", [{"port": 80}])
+    return await call(http, "POST", SERVICES, {"metadata": {"name": name}, "spec": spec},
+                      expect=expect)
+
+
+async def test_services_are_defaulted_as_kube_does(http: aiohttp.ClientSession) -> None:
+    ports = [{"name": "http", "port": 80},
+             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}]
+    service = await call(http, "POST", SERVICES, {
+        "metadata": {"name": "plain"}, "spec": {"ports": ports},
+        "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}}, expect=201)
+    spec = service["spec"]
+    assert spec["type"] == "ClusterIP" and spec["sessionAffinity"] == "None"
+    assert spec["ports"] == [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 80},
+                             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}]
+    assert spec["internalTrafficPolicy"] == "Cluster" and "externalTrafficPolicy" not in spec
+    assert spec["ipFamilies"] == ["IPv4"] and spec["ipFamilyPolicy"] == "SingleStack"
+    assert "clusterIP" not in spec  # no service_cidr: nothing is allocated
+    assert service["status"] == {"loadBalancer": {}}
+    sticky = await make_service(http, "sticky", type="LoadBalancer", sessionAffinity="ClientIP")
+    assert sticky["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10800}}
+    assert sticky["spec"]["externalTrafficPolicy"] == "Cluster"
+    updated = await call(http, "PATCH", f"{SERVICES}/sticky",
+                         {"spec": {"sessionAffinity": "None"}}, headers=MERGE)
+    assert "sessionAffinityConfig" not in updated["spec"]
+
+
+async def test_service_validation_is_kube_worded(http: aiohttp.ClientSession) -> None:
+    cases = [
+        ({"ports": []}, "spec.ports: Required value"),
+        ({"ports": [{"port": 0}]}, "spec.ports[0].port: Invalid value: 0: must be between"),
+        ({"ports": [{"port": 80, "protocol": "ICMP"}]},
+         'spec.ports[0].protocol: Unsupported value: "ICMP": supported values: "SCTP", "TCP"'),
+        ({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 81}]},
+         'spec.ports[1].name: Duplicate value: "a"'),
+        ({"ports": [{"port": 80, "targetPort": "8080"}]}, "must contain at least one letter"),
+        ({"type": "Magic"}, 'spec.type: Unsupported value: "Magic"'),
+        ({"type": "ExternalName", "ports": []}, "spec.externalName: Required value"),
+        ({"type": "ExternalName", "externalName": "x.example", "clusterIP": "10.0.0.1"},
+         "spec.clusterIPs: Forbidden: may not be set for ExternalName services"),
+        ({"clusterIP": "nonsense"}, 'spec.clusterIPs[0]: Invalid value: "nonsense": must be a '
+                                    "valid IP address"),
+    ]
+    for spec, message in cases:
+        refused = await make_service(http, "bad", expect=422, **spec)
+        assert refused["reason"] == "Invalid" and refused["code"] == 422
+        assert refused["message"].startswith('Service "bad" is invalid: ')
+        assert message in refused["message"], (spec, refused["message"])
+    headless = await make_service(http, "headless", clusterIP="None", ports=[])
+    assert headless["spec"]["clusterIPs"] == ["None"]
+    assert headless["spec"]["ipFamilyPolicy"] == "RequireDualStack"  # no selector
+    name = await make_service(http, "external", type="ExternalName", externalName="x.example",
+                              ports=[])
+    assert "clusterIP" not in name["spec"] and "ipFamilies" not in name["spec"]
+
+
+async def test_cluster_ips_are_allocated_from_the_cidr(
+        cluster: tuple[k8s.Api, aiohttp.ClientSession]) -> None:
+    api, http = cluster
+    first = await make_service(http, "first")
+    assert first["spec"]["clusterIP"] == "10.96.0.2"  # not .0, not .1 (kubernetes')
+    assert first["spec"]["clusterIPs"] == ["10.96.0.2"]
+    chosen = await make_service(http, "chosen", clusterIP="10.96.0.4")
+    assert chosen["spec"]["clusterIPs"] == ["10.96.0.4"]
+    assert (await make_service(http, "second"))["spec"]["clusterIP"] == "10.96.0.3"
+    taken = await make_service(http, "taken", clusterIP="10.96.0.4", expect=422)
+    assert taken["message"] == ('Service "taken" is invalid: spec.clusterIPs: Invalid value: '
+                                '[]string{"10.96.0.4"}: failed to allocate IP 10.96.0.4: '
+                                "provided IP is already allocated")
+    assert taken["details"]["causes"][0]["field"] == "spec.clusterIPs"
+    for outside in ("10.96.1.9", "10.96.0.0", "10.96.0.7"):
+        refused = await make_service(http, "outside", clusterIP=outside, expect=422)
+        assert "is not in the valid range. The range of valid IPs is 10.96.0.0/29" in \
+            refused["message"]
+    headless = await make_service(http, "headless", clusterIP="None", selector={"a": "b"})
+    assert headless["spec"]["clusterIPs"] == ["None"]
+    assert headless["spec"]["ipFamilyPolicy"] == "SingleStack"
+    # The kubernetes Service's address can be asked for, as kube-apiserver itself does.
+    assert (await make_service(http, "kubernetes", clusterIP="10.96.0.1"))["spec"][
+        "clusterIP"] == "10.96.0.1"
+    assert (await make_service(http, "last"))["spec"]["clusterIP"] == "10.96.0.5"
+    assert (await make_service(http, "fifth"))["spec"]["clusterIP"] == "10.96.0.6"
+    full = await make_service(http, "full", expect=500)
+    assert "range is full" in full["message"]
+    # Deleting frees the address, but only once the Service is really gone.
+    await call(http, "PATCH", f"{SERVICES}/first", {"metadata": {"finalizers": ["f"]}},
+               headers=MERGE)
+    await call(http, "DELETE", f"{SERVICES}/first")
+    await make_service(http, "again", expect=500)
+    await call(http, "PATCH", f"{SERVICES}/first", {"metadata": {"finalizers": None}},
+               headers=MERGE)
+    assert (await make_service(http, "again"))["spec"]["clusterIP"] == "10.96.0.2"
+    # Straight to the store, as fixtures write: the same admission.
+    api.store.delete(k8s.SERVICES, "default", "again")
+    direct = api.store.create(k8s.SERVICES, "default", {"metadata": {"name": "direct"},
+                                                        "spec": {"ports": [{"port": 1}]}})
+    assert direct["spec"]["clusterIP"] == "10.96.0.2"
+
+
+async def test_an_allocated_cluster_ip_cannot_change(
+        cluster: tuple[k8s.Api, aiohttp.ClientSession]) -> None:
+    _, http = cluster
+    service = await make_service(http, "web")
+    path = f"{SERVICES}/web"
+    # A PUT that leaves the clusterIP out keeps it (kube's patchAllocatedValues).
+    service["spec"].pop("clusterIP")
+    service["spec"].pop("clusterIPs")
+    service["spec"]["ports"][0]["port"] = 8080
+    kept = await call(http, "PUT", path, service)
+    assert kept["spec"]["clusterIP"] == "10.96.0.2" and kept["spec"]["ports"][0]["port"] == 8080
+    changed = await call(http, "PATCH", path, {"spec": {"clusterIP": "10.96.0.3",
+                                                        "clusterIPs": ["10.96.0.3"]}},
+                         headers=MERGE, expect=422)
+    assert changed["message"] == ('Service "web" is invalid: spec.clusterIPs[0]: Invalid value: '
+                                  '[]string{"10.96.0.3"}: may not change once set')
+    await call(http, "PATCH", path, {"spec": {"clusterIP": "None", "clusterIPs": None}},
+               headers=MERGE, expect=422)
+    # Becoming ExternalName drops the address (and frees it); coming back allocates anew.
+    external = await call(http, "PATCH", path, {"spec": {"type": "ExternalName",
+                                                         "externalName": "x.example"}},
+                          headers=MERGE)
+    assert "clusterIP" not in external["spec"] and "clusterIPs" not in external["spec"]
+    assert (await make_service(http, "other"))["spec"]["clusterIP"] == "10.96.0.2"
+    back = await call(http, "PATCH", path, {"spec": {"type": "ClusterIP", "externalName": None}},
+                      headers=MERGE)
+    assert back["spec"]["clusterIP"] == "10.96.0.3"
+
+
+async def test_service_status_is_written_apart(
+        cluster: tuple[k8s.Api, aiohttp.ClientSession]) -> None:
+    _, http = cluster
+    await make_service(http, "lb", type="LoadBalancer")
+    ingress = {"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.20"}]}},
+               "spec": {"type": "ClusterIP"}}
+    written = await call(http, "PATCH", f"{SERVICES}/lb/status", ingress, headers=MERGE)
+    assert written["spec"]["type"] == "LoadBalancer"
+    # LoadBalancerIPMode (on by default since 1.30): the server adds ipMode.
+    assert written["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.20",
+                                                             "ipMode": "VIP"}]
+    again = await call(http, "PATCH", f"{SERVICES}/lb/status", ingress, headers=MERGE)
+    assert again["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+
+
+# -- the kubelet's part: a pod gets its IP ----------------------------------------------------
+
+async def test_set_pod_ip_writes_status_as_the_kubelet(api: k8s.Api,
+                                                       http: aiohttp.ClientSession) -> None:
+    pod = await make_pod(http, "a", node="n1")
+    async with http.get(PODS, params={"watch": "true", "resourceVersion":
+                                      pod["metadata"]["resourceVersion"]}) as watch:
+        started = api.set_pod_ip("default", "a", "10.0.0.7", ready=False)
+        ready = api.set_pod_ip("default", "a", "10.0.0.7")
+        events = await read_events(watch, 2)
+    assert [e["type"] for e in events] == ["MODIFIED", "MODIFIED"]
+    assert events[1]["object"] == ready
+    status = ready["status"]
+    assert status["phase"] == "Running" and status["podIP"] == "10.0.0.7"
+    assert status["podIPs"] == [{"ip": "10.0.0.7"}]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True"
+    assert conditions["ContainersReady"]["status"] == "True"
+    assert {c["type"]: c["status"] for c in started["status"]["conditions"]} == {
+        "ContainersReady": "False", "Ready": "False"}
+    assert int(ready["metadata"]["resourceVersion"]) > int(started["metadata"]["resourceVersion"])
+    assert ready["metadata"]["generation"] == pod["metadata"]["generation"]
+    same = api.set_pod_ip("default", "a", "10.0.0.7")
+    assert same["metadata"]["resourceVersion"] == ready["metadata"]["resourceVersion"]
+    with pytest.raises(k8s.errors.ApiError):
+        api.set_pod_ip("default", "ghost", "10.0.0.8")

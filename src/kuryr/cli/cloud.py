@@ -31,9 +31,10 @@ def _default_state_dir() -> str:
 def cloud(ctx: click.Context, state_dir: pathlib.Path) -> None:
     """A local single-node OpenStack Neutron to run kuryr against (needs root).
 
-    Neutron 29 with ML2/OVN, OVN, Open vSwitch (userspace datapath) and MariaDB, all on
-    loopback: the API at http://127.0.0.1:9696/ (no Keystone, every request is admin).
-    Only one such cloud can run per machine.
+    Neutron 29 with ML2/OVN, Octavia 19 with the OVN provider, OVN, Open vSwitch (userspace
+    datapath) and MariaDB, all on loopback: Neutron at http://127.0.0.1:9696/, Octavia at
+    http://127.0.0.1:9876/ (no Keystone, every request is admin). Only one such cloud can run
+    per machine.
 
     \b
     Typical use:
@@ -65,24 +66,28 @@ def up(ctx: click.Context) -> None:
     """Install, start and wait for the local cloud; do nothing if it is already healthy.
 
     The first run installs the Debian packages (openvswitch-switch, ovn-central, ovn-host,
-    mariadb-server) when missing and Neutron into a virtualenv of its own in the state
-    directory, then creates the databases. After a crash or a reboot, 'up' restarts what is
-    not running. It returns when Neutron lists this host's OVN Controller agent alive.
+    mariadb-server) when missing, Neutron and Octavia (with ovn-octavia-provider) into
+    virtualenvs of their own in the state directory, then creates the databases and the
+    external network kuryr-public (floating IPs, reachable from the namespace kuryr-outside).
+    After a crash or a reboot, 'up' restarts what is not running. It returns when Neutron
+    lists this host's OVN Controller agent alive and Octavia lists the ovn provider.
     """
     cloud_layout = _layout(ctx)
     lifecycle.up(cloud_layout, progress=_timed_progress())
-    click.echo(f"Neutron API: http://127.0.0.1:9696/   state: {cloud_layout.state_dir}")
+    click.echo(f"Neutron API: {layout.NEUTRON_URL}   Octavia API: {layout.OCTAVIA_URL}   "
+               f"state: {cloud_layout.state_dir}")
     click.echo('Use it:      eval "$(kuryr cloud env)"')
 
 
 @cloud.command("down")
 @click.option("--purge", is_flag=True,
-              help="Also delete all the cloud's data: MariaDB, OVS and OVN databases, logs and "
-                   "generated configuration. Neutron's virtualenv is kept, so the next 'up' "
-                   "needs no download.")
+              help="Also delete all the cloud's data: MariaDB (Neutron's and Octavia's databases), "
+                   "OVS and OVN databases, logs and generated configuration. The Neutron and "
+                   "Octavia virtualenvs are kept, so the next 'up' needs no download.")
 @click.pass_context
 def down(ctx: click.Context, purge: bool) -> None:
-    """Stop every process of the local cloud (by the PIDs in its pidfiles).
+    """Stop every process of the local cloud (by the PIDs in its pidfiles) and remove the
+    outside namespace.
 
     The data stays, so 'up' brings back the same networks and ports; add --purge to start
     afresh next time.
@@ -95,9 +100,11 @@ def down(ctx: click.Context, purge: bool) -> None:
 @cloud.command("status")
 @click.pass_context
 def status(ctx: click.Context) -> None:
-    """Show each service (running or not, pid) and whether Neutron sees the OVN agent alive.
+    """Show each service (running or not, pid), whether Neutron sees the OVN agent alive,
+    whether Octavia lists the ovn provider and whether the outside namespace is in place.
 
-    Exits 1 when any service is down or the agent is not alive.
+    Exits 1 when any service is down, the agent is not alive, Octavia lacks the provider or
+    the outside namespace is missing.
     """
     result = lifecycle.status(_layout(ctx))
     click.echo(f"{'service':<32} {'state':<8} detail")
@@ -108,6 +115,12 @@ def status(ctx: click.Context) -> None:
     agent = (click.style("alive", fg="green") if result.api.agent_alive
              else click.style("not alive", fg="red"))
     click.echo(f"\nOVN Controller agent: {agent} ({result.api.detail})")
+    provider = (click.style("ovn listed", fg="green") if result.octavia.healthy
+                else click.style("ovn not listed", fg="red"))
+    click.echo(f"Octavia API:          {provider} ({result.octavia.detail})")
+    outside = (click.style("present", fg="green") if result.outside.present
+               else click.style("missing", fg="red"))
+    click.echo(f"Outside namespace:    {outside} ({result.outside.detail})")
     if not result.healthy:
         raise SystemExit(1)
 
@@ -117,7 +130,8 @@ def status(ctx: click.Context) -> None:
 def env(ctx: click.Context) -> None:
     """Print shell exports that point clients at the local cloud: eval "$(kuryr cloud env)".
 
-    Sets OS_CLIENT_CONFIG_FILE and OS_CLOUD (openstack, openstacksdk), KURYR_CONFIG (kuryr) and
+    Sets OS_CLIENT_CONFIG_FILE and OS_CLOUD (openstack, openstacksdk; the clouds.yaml entry
+    names Neutron's and Octavia's endpoints), KURYR_CONFIG (kuryr) and
     OVS_RUNDIR, OVN_RUNDIR, ... (ovs-vsctl, ovn-nbctl).
     """
     click.echo(lifecycle.env(_layout(ctx)), nl=False)

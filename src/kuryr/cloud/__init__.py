@@ -1,10 +1,11 @@
-"""The local cloud: a real single-node Neutron (ML2/OVN) with OVN, Open vSwitch (userspace
-datapath) and MariaDB on loopback, all state in one directory.
+"""The local cloud: a real single-node Neutron (ML2/OVN) and Octavia (OVN provider) with OVN,
+Open vSwitch (userspace datapath) and MariaDB on loopback, all state in one directory.
 
 Modules: ``layout`` (paths), ``commands`` (running a step, its log, its error),
-``installing`` (apt packages, Neutron's virtualenv), ``rendering`` (configuration files),
-``services`` (daemons by pidfile), ``provisioning`` (one-time database and switch setup),
-``probing`` (waiting for sockets and the API), ``lifecycle`` (up, down, status, env).
+``installing`` (apt packages, Neutron's and Octavia's virtualenvs), ``rendering``
+(configuration files), ``services`` (daemons by pidfile), ``provisioning`` (one-time database
+and switch setup), ``probing`` (waiting for sockets and the APIs), ``external`` (the external
+network of floating IPs and the outside namespace), ``lifecycle`` (up, down, status, env).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Installing what the local cloud runs: Debian packages (Open vSwitch, OVN, MariaDB) when
-missing, and Neutron in a virtualenv of its own, pinned by the constraints file shipped in
-``kuryr/cloud/data``.
+missing, and Neutron and Octavia (with ovn-octavia-provider) each in a virtualenv of its own,
+pinned by the constraints files shipped in ``kuryr/cloud/data``.
 
 Owns the package lists, the pins and the install marker. Idempotent: a second call finds
 everything in place and returns at once. Does not start or configure anything.
@@ -8,7 +8,9 @@ everything in place and returns at once. Does not start or configure anything.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import importlib.resources
 import os
@@ -27,6 +29,12 @@ APT_PACKAGES = ("openvswitch-switch", "ovn-central", "ovn-host", "mariadb-server
 NEUTRON_VERSION = "29.0.0"
 NEUTRON_REQUIREMENTS = (f"neutron=={NEUTRON_VERSION}", "gunicorn", "pymysql")
 CONSTRAINTS_RESOURCE = "neutron-29-constraints.txt"
+OCTAVIA_VERSION = "19.0.0"
+OVN_OCTAVIA_PROVIDER_VERSION = "11.0.0"
+OCTAVIA_REQUIREMENTS = (f"octavia=={OCTAVIA_VERSION}",
+                        f"ovn-octavia-provider=={OVN_OCTAVIA_PROVIDER_VERSION}", "gunicorn",
+                        "pymysql")
+OCTAVIA_CONSTRAINTS_RESOURCE = "octavia-19-constraints.txt"
 POLICY_RC_D = pathlib.Path("/usr/sbin/policy-rc.d")
 PIP_TIMEOUT = 1200.0
 # pip's configuration here names local indexes that may be absent; pip says so once per
@@ -59,7 +67,7 @@ def ensure_packages(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
     """
     missing = missing_packages()
     # Debian's own Python makes virtualenvs only with its -venv package.
-    if (sys.base_prefix == "/usr" and not venv_is_current(cloud)
+    if (sys.base_prefix == "/usr" and not venvs_are_current(cloud)
             and not _base_python_can_make_venvs()):
         missing.append(f"python3.{sys.version_info.minor}-venv")
     if not missing:
@@ -96,29 +104,63 @@ def _services_not_started() -> Iterator[None]:
         POLICY_RC_D.unlink(missing_ok=True)
 
 
-def constraints_text() -> str:
-    """The pinned versions of Neutron's dependencies, shipped with kuryr."""
-    resource = importlib.resources.files("kuryr.cloud") / "data" / CONSTRAINTS_RESOURCE
-    return resource.read_text(encoding="utf-8")
+@dataclasses.dataclass(frozen=True)
+class Venv:
+    """One virtualenv of the cloud: where it lives, what goes in, pinned by which file."""
+
+    what: str
+    path: pathlib.Path
+    requirements: tuple[str, ...]
+    constraints_resource: str
+    log: pathlib.Path
+
+    @property
+    def python(self) -> pathlib.Path:
+        return self.path / "bin" / "python"
+
+    @property
+    def marker(self) -> pathlib.Path:
+        """Written after a successful install: the hash of what was installed."""
+        return self.path / ".kuryr-installed"
 
 
-def fingerprint() -> str:
+def neutron_venv(cloud: layout.CloudLayout) -> Venv:
+    return Venv("Neutron", cloud.venv, NEUTRON_REQUIREMENTS, CONSTRAINTS_RESOURCE,
+                cloud.log("pip"))
+
+
+def octavia_venv(cloud: layout.CloudLayout) -> Venv:
+    return Venv("Octavia", cloud.octavia_venv, OCTAVIA_REQUIREMENTS,
+                OCTAVIA_CONSTRAINTS_RESOURCE, cloud.log("pip-octavia"))
+
+
+def constraints_text(resource: str = CONSTRAINTS_RESOURCE) -> str:
+    """The pinned versions of a virtualenv's dependencies, shipped with kuryr."""
+    return (importlib.resources.files("kuryr.cloud") / "data" / resource).read_text(
+        encoding="utf-8")
+
+
+def fingerprint(venv: Venv) -> str:
     """What an install is made of: pins, requirements and the Python version."""
     digest = hashlib.sha256()
-    digest.update(constraints_text().encode())
-    digest.update("\n".join(NEUTRON_REQUIREMENTS).encode())
+    digest.update(constraints_text(venv.constraints_resource).encode())
+    digest.update("\n".join(venv.requirements).encode())
     digest.update(f"python{sys.version_info.major}.{sys.version_info.minor}".encode())
     return digest.hexdigest()
 
 
-def venv_is_current(cloud: layout.CloudLayout) -> bool:
+def is_current(venv: Venv) -> bool:
     """True when the virtualenv holds what ``fingerprint`` describes and still runs."""
     try:
-        marker = cloud.venv_marker.read_text(encoding="utf-8").strip()
+        marker = venv.marker.read_text(encoding="utf-8").strip()
     except OSError:
         return False
     # exists() follows the interpreter symlink: False when the base Python went away.
-    return marker == fingerprint() and cloud.venv_python.exists()
+    return marker == fingerprint(venv) and venv.python.exists()
+
+
+def venvs_are_current(cloud: layout.CloudLayout) -> bool:
+    return is_current(neutron_venv(cloud)) and is_current(octavia_venv(cloud))
 
 
 def base_python() -> str:
@@ -135,36 +177,52 @@ def base_python() -> str:
     return sys.executable
 
 
-def ensure_venv(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
-    """Create Neutron's virtualenv unless it is current; True when (re)installed now.
+def ensure_venvs(cloud: layout.CloudLayout, *, progress: Progress) -> set[str]:
+    """Create Neutron's and Octavia's virtualenvs unless current, both at once when both are
+    missing (pip is mostly waiting on downloads); return the ``what`` of those installed now.
 
     Raises CloudError when venv creation or pip fails (the half-made venv is removed).
     """
-    if venv_is_current(cloud):
+    stale = [v for v in (neutron_venv(cloud), octavia_venv(cloud)) if not is_current(v)]
+    if len(stale) < 2:
+        return {v.what for v in stale if ensure_venv(v, progress=progress)}
+    with concurrent.futures.ThreadPoolExecutor(len(stale)) as pool:
+        futures = [pool.submit(ensure_venv, v, progress=progress) for v in stale]
+        # Every install runs to its end (or its failure) before the first error is raised.
+        concurrent.futures.wait(futures)
+        return {v.what for v, f in zip(stale, futures, strict=True) if f.result()}
+
+
+def ensure_venv(venv: Venv, *, progress: Progress) -> bool:
+    """Create the virtualenv unless it is current; True when (re)installed now.
+
+    Raises CloudError when venv creation or pip fails (the half-made venv is removed).
+    """
+    if is_current(venv):
         return False
-    log = cloud.log("pip")
-    if cloud.venv.exists():
-        progress(f"replacing the outdated Neutron virtualenv {cloud.venv}")
-        shutil.rmtree(cloud.venv)
-    progress(f"creating Neutron's virtualenv {cloud.venv} (pip, about a minute)")
-    wanted = fingerprint()
+    if venv.path.exists():
+        progress(f"replacing the outdated {venv.what} virtualenv {venv.path}")
+        shutil.rmtree(venv.path)
+    progress(f"creating {venv.what}'s virtualenv {venv.path} (pip, about a minute)")
+    wanted = fingerprint(venv)
     try:
-        commands.run([base_python(), "-m", "venv", str(cloud.venv)],
-                     step="creating Neutron's virtualenv", log=log)
+        commands.run([base_python(), "-m", "venv", str(venv.path)],
+                     step=f"creating {venv.what}'s virtualenv", log=venv.log)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="kuryr-constraints-",
                                          encoding="utf-8") as pins:
-            pins.write(constraints_text())
+            pins.write(constraints_text(venv.constraints_resource))
             pins.flush()
             commands.run(
-                [str(cloud.venv_python), "-m", "pip", "install", "-q", "-c", pins.name,
-                 *NEUTRON_REQUIREMENTS],
-                step=f"pip install {' '.join(NEUTRON_REQUIREMENTS)}", log=log,
+                [str(venv.python), "-m", "pip", "install", "-q", "-c", pins.name,
+                 *venv.requirements],
+                step=f"pip install {' '.join(venv.requirements)}", log=venv.log,
                 env={"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
                 timeout=PIP_TIMEOUT, drop=_PIP_NOISE)
     except BaseException:
-        shutil.rmtree(cloud.venv, ignore_errors=True)
+        shutil.rmtree(venv.path, ignore_errors=True)
         raise
-    cloud.venv_marker.write_text(wanted + "\n", encoding="utf-8")
+    venv.marker.write_text(wanted + "\n", encoding="utf-8")
+    progress(f"installed {venv.what}'s virtualenv")
     return True
 
 
@@ -183,3 +241,8 @@ def _check_root(what: str) -> None:
 def neutron_executable(cloud: layout.CloudLayout, name: str) -> pathlib.Path:
     """A console script of Neutron's virtualenv (neutron-db-manage, gunicorn, ...)."""
     return cloud.venv_bin / name
+
+
+def octavia_executable(cloud: layout.CloudLayout, name: str) -> pathlib.Path:
+    """A console script of Octavia's virtualenv (octavia-db-manage, gunicorn, ...)."""
+    return cloud.octavia_venv_bin / name

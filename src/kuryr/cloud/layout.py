@@ -20,9 +20,23 @@ _SHORT_RUN_ROOT = pathlib.Path("/run/kuryr")
 NEUTRON_API_HOST = "127.0.0.1"
 NEUTRON_API_PORT = 9696
 NEUTRON_URL = f"http://{NEUTRON_API_HOST}:{NEUTRON_API_PORT}/"
+OCTAVIA_API_HOST = "127.0.0.1"
+OCTAVIA_API_PORT = 9876
+OCTAVIA_URL = f"http://{OCTAVIA_API_HOST}:{OCTAVIA_API_PORT}/"
+# ovn-octavia-provider 11 ignores the configured driver-agent socket paths and always uses
+# Octavia's defaults in this directory (one Octavia per machine, like one Open vSwitch).
+OCTAVIA_AGENT_RUN_DIR = pathlib.Path("/var/run/octavia")
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 13306
 INTEGRATION_BRIDGE = "br-int"
+# The provider network of floating IPs: an OVS bridge, its physical network name in Neutron,
+# and the "outside" network namespace plugged on it, holding the external gateway address.
+EXTERNAL_BRIDGE = "br-ex"
+PHYSICAL_NETWORK = "public"
+OUTSIDE_NETNS = "kuryr-outside"
+# The veth of the outside namespace: its end on br-ex and its end in the namespace.
+OUTSIDE_HOST_IFNAME = "kuryr-outside"
+OUTSIDE_IFNAME = "eth0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +69,23 @@ class CloudLayout:
         return self.venv / ".kuryr-installed"
 
     @property
+    def octavia_venv(self) -> pathlib.Path:
+        """Octavia's own virtualenv, apart from Neutron's (kept by ``down --purge``)."""
+        return self.state_dir / "octavia-venv"
+
+    @property
+    def octavia_venv_bin(self) -> pathlib.Path:
+        return self.octavia_venv / "bin"
+
+    @property
+    def octavia_venv_python(self) -> pathlib.Path:
+        return self.octavia_venv_bin / "python"
+
+    @property
+    def octavia_venv_marker(self) -> pathlib.Path:
+        return self.octavia_venv / ".kuryr-installed"
+
+    @property
     def clouds_yaml(self) -> pathlib.Path:
         return self.state_dir / "clouds.yaml"
 
@@ -66,6 +97,11 @@ class CloudLayout:
     def db_password_file(self) -> pathlib.Path:
         """The MariaDB password of the ``neutron`` user, mode 0600."""
         return self.state_dir / "mariadb-neutron-password"
+
+    @property
+    def octavia_db_password_file(self) -> pathlib.Path:
+        """The MariaDB password of the ``octavia`` user, mode 0600."""
+        return self.state_dir / "mariadb-octavia-password"
 
     @property
     def lock_file(self) -> pathlib.Path:
@@ -97,6 +133,16 @@ class CloudLayout:
         return self.data_dir / "neutron"
 
     @property
+    def octavia_dir(self) -> pathlib.Path:
+        """Octavia's configuration file and WSGI and driver-agent wrappers."""
+        return self.data_dir / "octavia"
+
+    @property
+    def external_network_file(self) -> pathlib.Path:
+        """The id of the Neutron network ``kuryr-public``, written once it exists."""
+        return self.data_dir / "external-network-id"
+
+    @property
     def log_dir(self) -> pathlib.Path:
         return self.data_dir / "log"
 
@@ -122,7 +168,8 @@ class CloudLayout:
         return (self.state_dir, self.data_dir, self.ovs_dir, self.ovn_dir, self.mysql_dir,
                 self.neutron_dir, self.log_dir, self.run_dir, self.ovs_run_dir,
                 self.ovn_run_dir, self.mysql_run_dir, self.markers_dir,
-                self.neutron_state_dir, self.neutron_lock_dir, self.neutron_tmp_dir)
+                self.neutron_state_dir, self.neutron_lock_dir, self.neutron_tmp_dir,
+                self.octavia_dir)
 
     def tool_environment(self) -> dict[str, str]:
         """Variables that make the ovs-* and ovn-* tools (and daemons) use this cloud."""
@@ -229,6 +276,25 @@ class CloudLayout:
         """TMPDIR of Neutron's processes: its worker election files live there, keyed by
         parent PID, so a stale one from an earlier run must not survive a restart."""
         return self.neutron_dir / "tmp"
+
+    # --- Octavia -------------------------------------------------------------------------
+    @property
+    def octavia_conf(self) -> pathlib.Path:
+        return self.octavia_dir / "octavia.conf"
+
+    @property
+    def octavia_wsgi_module(self) -> str:
+        """Module name of the WSGI wrapper in ``octavia_dir`` that gunicorn loads."""
+        return "kuryr_octavia_wsgi"
+
+    @property
+    def octavia_wsgi_wrapper(self) -> pathlib.Path:
+        return self.octavia_dir / f"{self.octavia_wsgi_module}.py"
+
+    @property
+    def octavia_agent_wrapper(self) -> pathlib.Path:
+        """The script that runs ``octavia-driver-agent`` with the no-auth group registered."""
+        return self.octavia_dir / "kuryr_octavia_driver_agent.py"
 
     def pidfile(self, service: str) -> pathlib.Path:
         """The pidfile of a service that does not write one of its own."""

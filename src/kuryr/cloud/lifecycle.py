@@ -3,7 +3,9 @@ points clients at it.
 
 Owns the order of things: install, render, start what is not running (restarting what depends
 on something restarted), wait until the Neutron API lists this host's OVN Controller agent
-alive. ``up`` on a healthy cloud returns after one look at the pidfiles and one HTTP request;
+alive, make the external network and the outside namespace, and wait until Octavia lists the
+OVN provider. ``up`` on a healthy cloud returns after one look at the pidfiles and two HTTP
+requests;
 after a crash or a reboot it starts what is dead. ``up`` and ``down`` hold a lock in the state
 directory so that two of them never interleave.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import os
 import pathlib
 import shlex
@@ -25,6 +28,7 @@ from kuryr import settings
 from kuryr.cloud import (
     CloudError,
     commands,
+    external,
     installing,
     layout,
     probing,
@@ -43,14 +47,18 @@ SOCKET_TIMEOUT = 30.0
 
 @dataclasses.dataclass(frozen=True)
 class CloudStatus:
-    """Every service's process state and what the Neutron API said."""
+    """Every service's process state, what the Neutron and Octavia APIs said, and whether
+    the outside namespace is in place."""
 
     services: tuple[services.ServiceState, ...]
     api: probing.ApiHealth
+    octavia: probing.OctaviaHealth
+    outside: external.OutsideState
 
     @property
     def healthy(self) -> bool:
-        return all(s.running for s in self.services) and self.api.healthy
+        return (all(s.running for s in self.services) and self.api.healthy
+                and self.octavia.healthy and self.outside.present)
 
 
 def _quiet(_: str) -> None:
@@ -58,9 +66,11 @@ def _quiet(_: str) -> None:
 
 
 def status(cloud: layout.CloudLayout) -> CloudStatus:
-    """Look at every service's pidfile and ask Neutron for its agents. Raises nothing."""
+    """Look at every service's pidfile, ask Neutron for its agents and Octavia for its
+    providers, look at the outside namespace. Raises nothing."""
     states = tuple(services.state(s) for s in services.catalog(cloud))
-    return CloudStatus(states, probing.api_health(host=rendering.host_name()))
+    return CloudStatus(states, probing.api_health(host=rendering.host_name()),
+                       probing.octavia_health(), external.outside_state())
 
 
 def up(cloud: layout.CloudLayout, *, progress: Progress = _quiet) -> CloudStatus:
@@ -86,26 +96,30 @@ def up(cloud: layout.CloudLayout, *, progress: Progress = _quiet) -> CloudStatus
 
 
 def _is_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service]) -> bool:
-    """The fast path: every daemon alive, configs current, and the agent alive."""
+    """The fast path: every daemon alive, configs current, the outside namespace there, the
+    agent alive and Octavia listing the OVN provider."""
     if not all(services.running_pid(s) for s in catalog.values()):
         return False
-    if not installing.venv_is_current(cloud) or not rendering.is_current(cloud):
+    if not installing.venvs_are_current(cloud) or not rendering.is_current(cloud):
         return False
-    return probing.api_health(host=rendering.host_name()).healthy
+    if rendering.external_network_id(cloud) is None or not external.outside_state().present:
+        return False
+    return (probing.api_health(host=rendering.host_name()).healthy
+            and probing.octavia_health().healthy)
 
 
-def _bring_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
-              progress: Progress) -> None:
-    for directory in cloud.directories():
-        directory.mkdir(parents=True, exist_ok=True)
-    installing.ensure_packages(cloud, progress=progress)
-    reinstalled = installing.ensure_venv(cloud, progress=progress)
-    rendered = rendering.render(cloud)
-    started: set[str] = set()
+class _Starter:
+    """Starts services of the catalog that are not running and remembers which it started."""
 
-    def ensure(name: str, before: Callable[[], None] | None = None,
-               socket: pathlib.Path | None = None) -> bool:
-        service = catalog[name]
+    def __init__(self, catalog: dict[str, services.Service], progress: Progress) -> None:
+        self.catalog = catalog
+        self.progress = progress
+        self.started: set[str] = set()
+
+    def ensure(self, name: str, before: Callable[[], None] | None = None,
+               sockets: tuple[pathlib.Path, ...] = ()) -> bool:
+        """Start ``name`` unless it runs; wait for its ``sockets``; True when started now."""
+        service = self.catalog[name]
         if services.running_pid(service):
             return False
         if before is not None:
@@ -113,42 +127,60 @@ def _bring_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
         if name == "ovs-vswitchd":
             _refuse_foreign_switch(service)
         pid = services.start(service)
-        started.add(name)
-        progress(f"started {name} (pid {pid})")
-        if socket is not None:
-            probing.wait_for(f"starting {name}", lambda: probing.socket_accepts(socket),
+        self.started.add(name)
+        self.progress(f"started {name} (pid {pid})")
+        for socket in sockets:
+            probing.wait_for(f"starting {name}", functools.partial(probing.socket_accepts, socket),
                              timeout=SOCKET_TIMEOUT, log=service.log,
                              alive=lambda: services.check_alive(service, pid,
                                                                 step=f"starting {name}"))
         return True
 
-    ensure("ovsdb-server", socket=cloud.ovs_socket, before=lambda: provisioning.ensure_ovsdb_file(
-        cloud, cloud.ovs_db, provisioning.VSWITCH_SCHEMA))
+
+def _bring_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
+              progress: Progress) -> None:
+    for directory in cloud.directories():
+        directory.mkdir(parents=True, exist_ok=True)
+    installing.ensure_packages(cloud, progress=progress)
+    reinstalled = installing.ensure_venvs(cloud, progress=progress)
+    rendered = rendering.render(cloud)
+    starter = _Starter(catalog, progress)
+    ensure = starter.ensure
+
+    ensure("ovsdb-server", sockets=(cloud.ovs_socket,),
+           before=lambda: provisioning.ensure_ovsdb_file(cloud, cloud.ovs_db,
+                                                         provisioning.VSWITCH_SCHEMA))
     provisioning.configure_switch(cloud)
+    external.ensure_bridge_mappings(cloud)
     ensure("ovs-vswitchd")
-    nb = ensure("ovn-nb-db", socket=cloud.ovn_nb_socket,
+    nb = ensure("ovn-nb-db", sockets=(cloud.ovn_nb_socket,),
                 before=lambda: provisioning.ensure_ovsdb_file(cloud, cloud.ovn_nb_db,
                                                               provisioning.OVN_NB_SCHEMA))
-    sb = ensure("ovn-sb-db", socket=cloud.ovn_sb_socket,
+    sb = ensure("ovn-sb-db", sockets=(cloud.ovn_sb_socket,),
                 before=lambda: provisioning.ensure_ovsdb_file(cloud, cloud.ovn_sb_db,
                                                               provisioning.OVN_SB_SCHEMA))
     if nb or sb:
         provisioning.init_ovn_databases(cloud)
     ensure("ovn-northd")
     ensure("ovn-controller")
-    if ensure("mariadb", socket=cloud.mysql_socket,
+    if ensure("mariadb", sockets=(cloud.mysql_socket,),
               before=lambda: provisioning.ensure_mariadb_datadir(cloud, progress=progress)):
         provisioning.ensure_neutron_database(cloud)
+        provisioning.ensure_octavia_database(cloud)
     provisioning.ensure_neutron_schema(cloud, progress=progress)
 
     neutron = (catalog["neutron-api"], catalog["neutron-ovn-maintenance-worker"])
     # Neutron keeps answering 500 after its database restarted under it; new code or new
     # configuration also needs a restart.
-    if reinstalled or rendered.neutron_changed or "mariadb" in started:
+    if "Neutron" in reinstalled or rendered.neutron_changed or "mariadb" in starter.started:
         _stop(neutron, progress)
     for service in neutron:
         ensure(service.name, before=_clear_neutron_tmp(cloud) if service is neutron[0] else None)
-    fresh = "neutron-api" in started
+    # Octavia starts while Neutron gets ready: it needs Neutron only for requests.
+    octavia_restart = ("Octavia" in reinstalled or rendered.octavia_changed
+                       or "mariadb" in starter.started)
+    _start_octavia(cloud, starter, restart=octavia_restart)
+    fresh = "neutron-api" in starter.started
     try:
         _wait_healthy(cloud, catalog, progress,
                       timeout=READY_TIMEOUT if fresh else RUNNING_NEUTRON_GRACE)
@@ -161,6 +193,76 @@ def _bring_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
             ensure(service.name,
                    before=_clear_neutron_tmp(cloud) if service is neutron[0] else None)
         _wait_healthy(cloud, catalog, progress, timeout=READY_TIMEOUT)
+    network = external.ensure_network(cloud)
+    if external.ensure_outside(cloud):
+        progress(f"made the outside namespace {layout.OUTSIDE_NETNS} on {external.GATEWAY}")
+    rendering.render(cloud)  # kuryr.conf names the external network now
+    progress(f"external network {external.NETWORK_NAME}: {network}")
+    _wait_octavia(cloud, starter)
+
+
+def _start_octavia(cloud: layout.CloudLayout, starter: _Starter, *, restart: bool) -> None:
+    """Octavia's database and schema once, then the driver agent and only then the API (an
+    API started without the agent serves no provider until restarted)."""
+    catalog, progress = starter.catalog, starter.progress
+    octavia = (catalog["octavia-driver-agent"], catalog["octavia-api"])
+    if restart:
+        _stop(tuple(reversed(octavia)), progress)
+    if not provisioning.octavia_database_exists(cloud):
+        provisioning.ensure_octavia_database(cloud)
+    provisioning.ensure_octavia_schema(cloud, progress=progress)
+    layout.OCTAVIA_AGENT_RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if services.running_pid(octavia[0]) is None:
+        _stop((octavia[1],), progress)
+    starter.ensure(octavia[0].name,
+                   sockets=tuple(layout.OCTAVIA_AGENT_RUN_DIR / f"{name}.sock"
+                                 for name in ("status", "stats", "get")))
+    starter.ensure(octavia[1].name)
+
+
+def _wait_octavia(cloud: layout.CloudLayout, starter: _Starter) -> None:
+    """Wait (bounded) until Octavia lists the OVN provider; restart it once when it came up
+    without the provider or was running but is not answering."""
+    catalog, progress = starter.catalog, starter.progress
+    api = catalog["octavia-api"]
+    watched = (catalog["octavia-driver-agent"], api)
+    for attempt in (1, 2):
+        fresh = api.name in starter.started
+        last = _wait_octavia_once(watched, timeout=READY_TIMEOUT if fresh
+                                  else RUNNING_NEUTRON_GRACE)
+        if last.healthy:
+            progress(last.detail)
+            return
+        if attempt == 2:
+            raise commands.failure("waiting for the Octavia API to list the ovn provider",
+                                   last.detail, api.log)
+        progress(f"Octavia API not healthy ({last.detail}): restarting it")
+        starter.started.discard(api.name)
+        _stop((api,), progress)
+        _start_octavia(cloud, starter, restart=False)
+
+
+def _wait_octavia_once(watched: tuple[services.Service, ...], *,
+                       timeout: float) -> probing.OctaviaHealth:
+    """Poll the providers until they list ovn, or the API answers without it, or the bound;
+    the last answer. Raises CloudError when a watched daemon exits."""
+    last = [probing.OctaviaHealth(False, (), "not asked yet")]
+
+    def alive() -> None:
+        for service in watched:
+            if services.running_pid(service) is None:
+                raise commands.failure("waiting for the Octavia API",
+                                       f"{service.name} exited", service.log)
+
+    def check() -> bool:
+        last[0] = probing.octavia_health(timeout=5.0)
+        return last[0].answering
+
+    with contextlib.suppress(CloudError):
+        probing.wait_for("waiting for the Octavia API to answer", check, timeout=timeout,
+                         alive=alive, log=watched[-1].log, interval=0.2)
+    alive()
+    return last[0]
 
 
 def _wait_healthy(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
@@ -230,8 +332,9 @@ def _refuse_foreign_switch(ours: services.Service) -> None:
 def down(cloud: layout.CloudLayout, *, purge: bool = False,
          progress: Progress = _quiet) -> list[str]:
     """Stop every service by the pid in its pidfile, in reverse start order; return the names
-    of those that were running. ``purge`` also deletes all data (databases, OVS and OVN
-    databases, logs, generated configuration) but keeps Neutron's virtualenv.
+    of those that were running, after removing the outside namespace. ``purge`` also deletes
+    all data (Neutron's and Octavia's databases, OVS and OVN databases, logs, generated
+    configuration) but keeps the Neutron and Octavia virtualenvs.
 
     Raises CloudError when not root.
     """
@@ -242,6 +345,8 @@ def down(cloud: layout.CloudLayout, *, purge: bool = False,
     with _locked(cloud, progress):
         catalog = services.catalog(cloud)
         switch = [s for s in catalog if s.name in ("ovsdb-server", "ovs-vswitchd")]
+        if external.remove_outside(cloud, switch_running=bool(services.running_pid(switch[0]))):
+            progress(f"removed the outside namespace {layout.OUTSIDE_NETNS}")
         for service in reversed(catalog):
             if purge and service in switch and all(services.running_pid(s) for s in switch):
                 # After ovn-controller (which would recreate the bridge) and before
@@ -254,21 +359,26 @@ def down(cloud: layout.CloudLayout, *, purge: bool = False,
         if purge:
             for path in (cloud.data_dir, cloud.run_dir):
                 shutil.rmtree(path, ignore_errors=True)
-            for path in (cloud.clouds_yaml, cloud.kuryr_conf, cloud.db_password_file):
+            for path in (cloud.clouds_yaml, cloud.kuryr_conf, cloud.db_password_file,
+                         cloud.octavia_db_password_file):
                 path.unlink(missing_ok=True)
-            progress(f"deleted the cloud's data in {cloud.state_dir} (kept {cloud.venv})")
+            progress(f"deleted the cloud's data in {cloud.state_dir} (kept {cloud.venv} and "
+                     f"{cloud.octavia_venv})")
     return stopped
 
 
 def env(cloud: layout.CloudLayout) -> str:
-    """Shell lines that point openstack clients, kuryr and ovs-vsctl at this cloud."""
+    """Shell lines that point openstack clients (Neutron and Octavia), kuryr and ovs-vsctl at
+    this cloud."""
     variables = {
         "OS_CLIENT_CONFIG_FILE": str(cloud.clouds_yaml),
         "OS_CLOUD": settings.LOCAL_CLOUD_NAME,
         "KURYR_CONFIG": str(cloud.kuryr_conf),
         **cloud.tool_environment(),
     }
-    lines = [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
+    lines = [f"# Neutron: {layout.NEUTRON_URL}  Octavia (load balancers, ovn provider): "
+             f"{layout.OCTAVIA_URL}  outside: ip netns exec {layout.OUTSIDE_NETNS} ..."]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
     entry = yaml.safe_dump({"clouds": {settings.LOCAL_CLOUD_NAME: rendering.clouds_entry()}},
                            default_flow_style=False, sort_keys=False)
     lines.append(f"# The clouds.yaml entry (in {cloud.clouds_yaml}):")

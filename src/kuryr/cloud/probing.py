@@ -1,5 +1,6 @@
 """Looking at the running local cloud from outside: is a socket accepting, does the Neutron API
-answer, is this host's OVN Controller agent alive; and waiting, with a bound, until it is.
+answer, is this host's OVN Controller agent alive, does the Octavia API list the OVN provider;
+and waiting, with a bound, until it is.
 
 Owns the readiness checks. Uses only the standard library (urllib, socket) so that a check
 costs one connection. Does not start or stop anything.
@@ -21,6 +22,8 @@ from kuryr.cloud import commands, layout
 
 OVN_CONTROLLER_AGENT_TYPES = ("OVN Controller agent", "OVN Controller Gateway agent")
 AGENTS_URL = f"{layout.NEUTRON_URL}v2.0/agents"
+PROVIDERS_URL = f"{layout.OCTAVIA_URL}v2/lbaas/providers"
+OCTAVIA_PROVIDER = "ovn"
 # Loopback only: never through an HTTP proxy named in the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -68,6 +71,36 @@ def api_health(*, host: str, timeout: float = 2.0) -> ApiHealth:
     alive = any(a.get("alive") is True for a in mine)
     state = "alive" if alive else "not alive"
     return ApiHealth(True, alive, f"OVN Controller agent on {host} {state}")
+
+
+@dataclasses.dataclass(frozen=True)
+class OctaviaHealth:
+    """What one GET /v2/lbaas/providers said."""
+
+    answering: bool
+    providers: tuple[str, ...]
+    detail: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.answering and OCTAVIA_PROVIDER in self.providers
+
+
+def octavia_health(*, timeout: float = 2.0) -> OctaviaHealth:
+    """Ask Octavia for its providers; healthy when ``ovn`` is among them."""
+    request = urllib.request.Request(PROVIDERS_URL, headers={"Accept": "application/json"})
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            body: Any = json.load(response)
+    except urllib.error.HTTPError as e:
+        return OctaviaHealth(False, (), f"Octavia API answered HTTP {e.code}")
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return OctaviaHealth(False, (), f"Octavia API not answering ({reason})")
+    listed = body.get("providers", []) if isinstance(body, dict) else []
+    names = tuple(str(p.get("name")) for p in listed if isinstance(p, dict))
+    shown = ", ".join(names) or "none"
+    return OctaviaHealth(True, names, f"Octavia providers: {shown}")
 
 
 def wait_for(what: str, check: Callable[[], bool], *, timeout: float,

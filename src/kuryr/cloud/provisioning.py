@@ -1,9 +1,10 @@
 """One-time and every-start setup of the local cloud's data: the OVSDB files of Open vSwitch and
-OVN, this chassis' identity and integration bridge, MariaDB's datadir, Neutron's database, user
-and schema.
+OVN, this chassis' identity and integration bridge, MariaDB's datadir, Neutron's and Octavia's
+databases, users and schemas.
 
 Owns what goes into the databases. Each step is idempotent; the slow one-time steps
-(``mariadb-install-db``, ``neutron-db-manage upgrade heads``) leave a marker and are skipped
+(``mariadb-install-db``, ``neutron-db-manage upgrade heads``, ``octavia-db-manage upgrade
+head``) leave a marker and are skipped
 when it is there. Does not start daemons (``services``) nor write configuration
 (``rendering``).
 """
@@ -22,6 +23,8 @@ OVN_NB_SCHEMA = pathlib.Path("/usr/share/ovn/ovn-nb.ovsschema")
 OVN_SB_SCHEMA = pathlib.Path("/usr/share/ovn/ovn-sb.ovsschema")
 MARIADB_MARKER = "mariadb-installed"
 MIGRATED_MARKER = "neutron-db-migrated"
+OCTAVIA_DB_MARKER = "octavia-db-created"
+OCTAVIA_MIGRATED_MARKER = "octavia-db-migrated"
 
 Progress = Callable[[str], None]
 
@@ -83,11 +86,13 @@ def configure_switch(cloud: layout.CloudLayout) -> None:
 
 
 def remove_bridge(cloud: layout.CloudLayout) -> None:
-    """Delete the integration bridge through ovs-vswitchd, which then removes its tap devices
-    (they outlive a stopped ovs-vswitchd). Raises CloudError when ovs-vsctl fails."""
+    """Delete the integration and external bridges through ovs-vswitchd, which then removes
+    their tap devices (they outlive a stopped ovs-vswitchd). Raises CloudError when ovs-vsctl
+    fails."""
     commands.run(["ovs-vsctl", f"--db={cloud.ovsdb_connection}", "--timeout=10",
-                  "--if-exists", "del-br", layout.INTEGRATION_BRIDGE],
-                 step="deleting the integration bridge", log=cloud.log("ovs-vsctl"),
+                  "--if-exists", "del-br", layout.INTEGRATION_BRIDGE,
+                  "--", "--if-exists", "del-br", layout.EXTERNAL_BRIDGE],
+                 step="deleting the bridges", log=cloud.log("ovs-vsctl"),
                  env=cloud.tool_environment())
 
 
@@ -117,18 +122,34 @@ def ensure_mariadb_datadir(cloud: layout.CloudLayout, *, progress: Progress) -> 
 
 def ensure_neutron_database(cloud: layout.CloudLayout) -> None:
     """Create Neutron's database and user (and reset its password). Raises CloudError."""
-    password = rendering.db_password(cloud).replace("\\", "\\\\").replace("'", "\\'")
-    db, user = rendering.NEUTRON_DB, rendering.NEUTRON_DB_USER
+    _ensure_database(cloud, rendering.NEUTRON_DB, rendering.NEUTRON_DB_USER,
+                     rendering.db_password(cloud), step="creating Neutron's database")
+
+
+def ensure_octavia_database(cloud: layout.CloudLayout) -> None:
+    """Create Octavia's database and user (and reset its password). Raises CloudError."""
+    _ensure_database(cloud, rendering.OCTAVIA_DB, rendering.OCTAVIA_DB_USER,
+                     rendering.octavia_db_password(cloud), step="creating Octavia's database")
+    cloud.marker(OCTAVIA_DB_MARKER).touch()
+
+
+def octavia_database_exists(cloud: layout.CloudLayout) -> bool:
+    return cloud.marker(OCTAVIA_DB_MARKER).exists()
+
+
+def _ensure_database(cloud: layout.CloudLayout, db: str, user: str, password: str, *,
+                     step: str) -> None:
+    quoted = password.replace("\\", "\\\\").replace("'", "\\'")
     statements = [f"CREATE DATABASE IF NOT EXISTS {db} CHARACTER SET utf8mb4"]
     for host in (layout.MARIADB_HOST, "localhost"):
         statements += [
-            f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{password}'",
-            f"ALTER USER '{user}'@'{host}' IDENTIFIED BY '{password}'",
+            f"CREATE USER IF NOT EXISTS '{user}'@'{host}' IDENTIFIED BY '{quoted}'",
+            f"ALTER USER '{user}'@'{host}' IDENTIFIED BY '{quoted}'",
             f"GRANT ALL PRIVILEGES ON {db}.* TO '{user}'@'{host}'",
         ]
     commands.run(["mariadb", "--no-defaults", f"--socket={cloud.mysql_socket}", "--user=root",
                   "--batch"],
-                 step="creating Neutron's database", log=cloud.log("mariadb-client"),
+                 step=step, log=cloud.log("mariadb-client"),
                  stdin=";\n".join(statements) + ";\n", timeout=60)
 
 
@@ -147,3 +168,19 @@ def ensure_neutron_schema(cloud: layout.CloudLayout, *, progress: Progress) -> N
                  step="neutron-db-manage upgrade heads", log=cloud.log("neutron-db-manage"),
                  timeout=600)
     marker.write_text(installing.NEUTRON_VERSION + "\n", encoding="utf-8")
+
+
+def ensure_octavia_schema(cloud: layout.CloudLayout, *, progress: Progress) -> None:
+    """``octavia-db-manage upgrade head`` once per Octavia version. Raises CloudError."""
+    marker = cloud.marker(OCTAVIA_MIGRATED_MARKER)
+    try:
+        if marker.read_text(encoding="utf-8").strip() == installing.OCTAVIA_VERSION:
+            return
+    except FileNotFoundError:
+        pass
+    progress("creating Octavia's database schema (octavia-db-manage upgrade head)")
+    commands.run([str(installing.octavia_executable(cloud, "octavia-db-manage")),
+                  "--config-file", str(cloud.octavia_conf), "upgrade", "head"],
+                 step="octavia-db-manage upgrade head", log=cloud.log("octavia-db-manage"),
+                 timeout=600)
+    marker.write_text(installing.OCTAVIA_VERSION + "\n", encoding="utf-8")

@@ -67,6 +67,7 @@ def catalog(cloud: layout.CloudLayout) -> tuple[Service, ...]:
     neutron_configs = ("--config-file", str(cloud.neutron_conf),
                        "--config-file", str(cloud.ml2_conf))
     api_title = f"kuryr-neutron-api@{cloud.neutron_dir}"
+    octavia_title = f"kuryr-octavia-api@{cloud.octavia_dir}"
 
     def ovsdb(name: str, db: pathlib.Path, socket: pathlib.Path, pidfile: pathlib.Path,
               *extra: str) -> Service:
@@ -134,6 +135,25 @@ def catalog(cloud: layout.CloudLayout) -> tuple[Service, ...]:
             signature=("neutron-ovn-maintenance-worker", str(cloud.neutron_conf)),
             member_signature=("neutron-ovn-maintenance-worker",), env=neutron_env,
             cwd=cloud.neutron_dir, stop_timeout=15.0),
+        # Octavia's driver agent must run before its API (octavia.md).
+        Service(
+            name="octavia-driver-agent",
+            argv=(str(cloud.octavia_venv_python), str(cloud.octavia_agent_wrapper),
+                  "--config-file", str(cloud.octavia_conf)),
+            pidfile=cloud.pidfile("octavia-driver-agent"), log=cloud.log("octavia-driver-agent"),
+            signature=(str(cloud.octavia_agent_wrapper), str(cloud.octavia_conf)),
+            member_signature=(str(cloud.octavia_agent_wrapper),), env=tools,
+            cwd=cloud.octavia_dir, stop_timeout=15.0),
+        Service(
+            name="octavia-api",
+            argv=(str(cloud.octavia_venv_bin / "gunicorn"), "--workers", "1",
+                  "--worker-class", "gthread", "--threads", "4",
+                  "--bind", f"{layout.OCTAVIA_API_HOST}:{layout.OCTAVIA_API_PORT}",
+                  "--graceful-timeout", "2", "--timeout", "300", "--name", octavia_title,
+                  "--chdir", str(cloud.octavia_dir), f"{cloud.octavia_wsgi_module}:application"),
+            pidfile=cloud.pidfile("octavia-api"), log=cloud.log("octavia-api"),
+            signature=("gunicorn", octavia_title), member_signature=("gunicorn", octavia_title),
+            env=tools, cwd=cloud.octavia_dir, stop_timeout=15.0),
     )
 
 

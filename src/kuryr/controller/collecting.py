@@ -3,7 +3,9 @@
 Owns finding orphans and (``remove``) removing them: ports whose ``kuryr-pod-uid`` names no
 live pod; pool ports (``kuryr.pools.nodes``) of a Node that no longer exists, handed to a pod
 that no longer exists, or on an orphaned network; networks (with their router interfaces and
-subnets) whose ``kuryr-namespace-uid`` names no live namespace. Only resources carrying both
+subnets) whose ``kuryr-namespace-uid`` names no live namespace; with Octavia, load balancers
+(deleted with everything on them) and floating IPs whose ``kuryr-service-uid`` names no live
+Service. Only resources carrying both
 ``kuryr`` and this cluster's tag are looked at; nothing untagged is ever touched. Neutron is
 listed before the owners are read, so an owner created after the listing cannot have its new
 resource taken for an orphan.
@@ -24,6 +26,7 @@ from kuryr import errors
 from kuryr.controller import context, networks
 from kuryr.k8s import api, resources
 from kuryr.neutron import client, tagging
+from kuryr.octavia import client as octavia_client
 from kuryr.pools import nodes
 from kuryr.ports import lifecycle
 
@@ -34,7 +37,7 @@ LOG = logging.getLogger(__name__)
 class Orphan:
     """A Neutron resource whose owner no longer exists."""
 
-    kind: str  # "port" or "network"
+    kind: str  # "port", "network", "loadbalancer" or "floatingip"
     resource_id: str
     name: str
     owner: str  # the owner tag
@@ -42,11 +45,13 @@ class Orphan:
 
 @dataclasses.dataclass(frozen=True)
 class Owners:
-    """What may own Neutron resources: live pods (UIDs), namespaces (UIDs) and Nodes."""
+    """What may own Neutron resources: live pods (UIDs), namespaces (UIDs), Nodes and
+    Services (UIDs)."""
 
     pod_uids: frozenset[str]
     namespace_uids: frozenset[str]
     nodes: frozenset[str]
+    service_uids: frozenset[str] = frozenset()
 
 
 async def listed_owners(kube: api.Kube) -> Owners:
@@ -54,9 +59,11 @@ async def listed_owners(kube: api.Kube) -> Owners:
     pods, _ = await kube.list(resources.PODS)
     namespaces, _ = await kube.list(resources.NAMESPACES)
     node_list, _ = await kube.list(resources.NODES)
+    service_list, _ = await kube.list(resources.SERVICES)
     return Owners(pod_uids=frozenset(p["metadata"]["uid"] for p in pods),
                   namespace_uids=frozenset(n["metadata"]["uid"] for n in namespaces),
-                  nodes=frozenset(n["metadata"]["name"] for n in node_list))
+                  nodes=frozenset(n["metadata"]["name"] for n in node_list),
+                  service_uids=frozenset(s["metadata"]["uid"] for s in service_list))
 
 
 def cached_owners(ctx: context.Context) -> Owners:
@@ -65,18 +72,33 @@ def cached_owners(ctx: context.Context) -> Owners:
         return frozenset(o["metadata"]["uid"] for o in ctx.informers[plural].objects.values())
 
     return Owners(pod_uids=uids("pods"), namespace_uids=uids("namespaces"),
-                  nodes=frozenset(name for _, name in ctx.informers["nodes"].objects))
+                  nodes=frozenset(name for _, name in ctx.informers["nodes"].objects),
+                  service_uids=uids("services") if "services" in ctx.informers
+                  else frozenset())
 
 
 async def find_orphans(neutron: client.Neutron,
-                       owners: Callable[[], Awaitable[Owners]]) -> list[Orphan]:
-    """Orphaned ports and networks of this cluster; ``owners`` is read after Neutron is
-    listed. Raises TemporaryError, PermanentError."""
+                       owners: Callable[[], Awaitable[Owners]], *,
+                       octavia: octavia_client.Octavia | None = None) -> list[Orphan]:
+    """Orphaned ports, networks, load balancers (with ``octavia``) and floating IPs of this
+    cluster; ``owners`` is read after Neutron and Octavia are listed. Raises TemporaryError,
+    PermanentError."""
     base = list(neutron.base_tags)
     ports = await neutron.list_ports(tags=base, device_owner=lifecycle.DEVICE_OWNER)
     nets = await neutron.list_networks(tags=base)
+    lbs = await octavia.list_load_balancers(tags=base) if octavia is not None else []
+    fips = await neutron.list_floating_ips(tags=base) if octavia is not None else []
     live = await owners()
     found: list[Orphan] = []
+    for lb in lbs:
+        owner = tagging.value_of(lb.tags, "service-uid")
+        if owner is not None and owner not in live.service_uids:
+            found.append(Orphan("loadbalancer", lb.id, lb.name, f"service {owner}"))
+    for fip in fips:
+        owner = tagging.value_of(fip.tags, "service-uid")
+        if owner is not None and owner not in live.service_uids:
+            found.append(Orphan("floatingip", fip.id, fip.floating_ip_address,
+                                f"service {owner}"))
     orphaned_networks: set[str] = set()
     for net in nets:
         owner = tagging.value_of(net.tags, "namespace-uid")
@@ -102,12 +124,24 @@ async def find_orphans(neutron: client.Neutron,
     return found
 
 
-async def remove(neutron: client.Neutron, orphans: list[Orphan]) -> list[str]:
-    """Remove orphans, ports first; returns what could not be removed (and why)."""
+_ORDER = ("floatingip", "loadbalancer", "port", "network")
+
+
+async def remove(neutron: client.Neutron, orphans: list[Orphan], *,
+                 octavia: octavia_client.Octavia | None = None) -> list[str]:
+    """Remove orphans: floating IPs, load balancers (cascade, waited for), ports, networks;
+    returns what could not be removed (and why)."""
     failed: list[str] = []
-    for orphan in sorted(orphans, key=lambda o: o.kind != "port"):
+    for orphan in sorted(orphans, key=lambda o: _ORDER.index(o.kind)):
         try:
-            if orphan.kind == "port":
+            if orphan.kind == "floatingip":
+                await neutron.delete_floating_ip(orphan.resource_id)
+            elif orphan.kind == "loadbalancer":
+                if octavia is None:
+                    continue
+                await octavia.delete_load_balancer(orphan.resource_id, cascade=True)
+                await octavia.wait_load_balancer_deleted(orphan.resource_id, timeout=60.0)
+            elif orphan.kind == "port":
                 await neutron.delete_port(orphan.resource_id)
             else:
                 await networks.release_network(neutron, orphan.resource_id)
@@ -128,8 +162,8 @@ async def collect_periodically(ctx: context.Context, *, interval: float) -> None
         try:
             if ctx.pool is not None:
                 await ctx.pool.sweep()
-            orphans = await find_orphans(ctx.neutron, owners)
-            failed = await remove(ctx.neutron, orphans)
+            orphans = await find_orphans(ctx.neutron, owners, octavia=ctx.octavia)
+            failed = await remove(ctx.neutron, orphans, octavia=ctx.octavia)
         except errors.KuryrError as e:
             LOG.warning("gc: %s", e)
             ctx.metrics.gc_runs.labels(type(e).__name__).inc()

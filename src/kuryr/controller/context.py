@@ -6,17 +6,21 @@ into Kubernetes (finalizers, annotations, tags), shared by the handlers."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 
 from kuryr import settings
 from kuryr.controller import activating, observing, reacting
 from kuryr.k8s import api, resources, watching
 from kuryr.neutron import client, tagging
 from kuryr.neutron import resources as neutron_resources
+from kuryr.octavia import client as octavia_client
 from kuryr.pools import nodes
 
 POD_FINALIZER = "kuryr.openstack.org/pod-finalizer"
 PORT_FINALIZER = "kuryr.openstack.org/kuryrport-finalizer"
 NETWORK_FINALIZER = "kuryr.openstack.org/kuryrnetwork-finalizer"
+LOADBALANCER_FINALIZER = "kuryr.openstack.org/kuryrloadbalancer-finalizers"  # upstream's
 PROJECT_ANNOTATION = "openstack.org/kuryr-project"
 NODE_LABEL = resources.NODE_LABEL
 ROUTER_INTERFACE = "network:router_interface"
@@ -25,6 +29,16 @@ ROUTER_INTERFACE = "network:router_interface"
 def pod_tag(pod_uid: str) -> str:
     """The owner tag of a pod's Neutron port."""
     return tagging.owner("pod-uid", pod_uid)
+
+
+def service_tag(service_uid: str) -> str:
+    """The owner tag of a Service's Octavia objects and floating IP."""
+    return tagging.owner("service-uid", service_uid)
+
+
+def cluster_services_tag() -> str:
+    """The owner tag of the cluster's Service security group (``servicegroups``)."""
+    return tagging.owner("role", "services")
 
 
 def namespace_tag(namespace_uid: str) -> str:
@@ -60,6 +74,14 @@ class Context:
     default_subnet: neutron_resources.Subnet | None = None  # pod_subnet, once looked up
     # The ports waiting to be ACTIVE, looked at together (None: each KuryrPort polls its own).
     active_ports: activating.ActivePorts | None = None
+    octavia: octavia_client.Octavia | None = None  # None: no Services ([kubernetes] service_subnet)
+    service_subnet: neutron_resources.Subnet | None = None  # once looked up
+    # Service UID -> monotonic time this controller first saw it, until its LB is complete.
+    services_seen: dict[str, float] = dataclasses.field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    # The cluster's Service security group, and the groups of pod ports by project.
+    services_group: neutron_resources.SecurityGroup | None = None
+    pod_groups: dict[str | None, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def cached(self, plural: str, namespace: str | None, name: str) -> api.Object | None:
         return self.informers[plural].get(namespace, name)

@@ -58,7 +58,25 @@ class Metrics:
             "could not be removed, or an error class name).", ["result"], registry=self.registry)
         self.gc_removed = prometheus_client.Counter(
             "kuryr_gc_removed", "Orphaned Neutron resources removed by the periodic garbage "
-            "collection, by kind (port, network).", ["kind"], registry=self.registry)
+            "collection, by kind (port, network, loadbalancer, floatingip).", ["kind"],
+            registry=self.registry)
+
+        self.service_ready = prometheus_client.Histogram(
+            "kuryr_service_lb_ready_seconds",
+            "From the controller seeing a Service (or a change of it or its endpoints) to its "
+            "Octavia load balancer ACTIVE with every listener, pool and member applied.",
+            buckets=_FAST_BUCKETS, registry=self.registry)
+        self.octavia_calls = prometheus_client.Counter(
+            "kuryr_octavia_calls", "Octavia API calls by operation and result.",
+            ["operation", "result"], registry=self.registry)
+        self.octavia_seconds = prometheus_client.Histogram(
+            "kuryr_octavia_call_seconds", "Octavia API call latency by operation.",
+            ["operation"], buckets=_FAST_BUCKETS, registry=self.registry)
+
+    def observe_octavia(self, operation: str, result: str, seconds: float) -> None:
+        """The Octavia facade's observer."""
+        self.octavia_calls.labels(operation, result).inc()
+        self.octavia_seconds.labels(operation).observe(seconds)
 
     def observe_neutron(self, operation: str, result: str, seconds: float) -> None:
         """The Neutron facade's observer (``kuryr.neutron.operations.Observer``)."""

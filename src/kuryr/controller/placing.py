@@ -10,20 +10,25 @@ annotation (else ``[kubernetes] project_id``). Not the making of networks (``net
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from kuryr.controller import context
 from kuryr.k8s import api
 from kuryr.neutron import resources
 
+LOG = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """A port's network, subnet (None: the network's own) and project (None: the Neutron
-    credentials')."""
+    """A port's network, subnet (None: the network's own), project (None: the Neutron
+    credentials') and security groups (None: Neutron's default group; see
+    ``servicegroups``)."""
 
     network_id: str
     subnet_id: str | None = None
     project_id: str | None = None
+    security_group_ids: tuple[str, ...] | None = None
 
 
 def is_default_mode(ctx: context.Context) -> bool:
@@ -42,12 +47,14 @@ async def of_namespace(ctx: context.Context, namespace: str) -> Placement | None
     Raises NotFoundError (no ``pod_subnet``), TemporaryError."""
     if is_default_mode(ctx):
         subnet = await default_subnet(ctx)
-        return Placement(subnet.network_id, subnet.id,
-                         project_of(ctx, ctx.cached("namespaces", None, namespace)))
+        return await _with_groups(ctx, Placement(
+            subnet.network_id, subnet.id,
+            project_of(ctx, ctx.cached("namespaces", None, namespace))))
     network = ctx.cached("kuryrnetworks", namespace, namespace)
     if network is None or network["metadata"].get("deletionTimestamp"):
         return None
-    return _of_network(network)
+    found = _of_network(network)
+    return None if found is None else await _with_groups(ctx, found)
 
 
 async def every(ctx: context.Context) -> set[Placement]:
@@ -55,12 +62,32 @@ async def every(ctx: context.Context) -> set[Placement]:
     NotFoundError, TemporaryError (default mode: the subnet is looked up once)."""
     if is_default_mode(ctx):
         subnet = await default_subnet(ctx)
-        return {Placement(subnet.network_id, subnet.id, project_of(ctx, namespace))
+        return {await _with_groups(ctx, Placement(subnet.network_id, subnet.id,
+                                                  project_of(ctx, namespace)))
                 for namespace in ctx.informers["namespaces"].objects.values()
                 if not namespace["metadata"].get("deletionTimestamp")}
     found = (_of_network(n) for n in ctx.informers["kuryrnetworks"].objects.values()
              if not n["metadata"].get("deletionTimestamp"))
-    return {p for p in found if p is not None}
+    return {await _with_groups(ctx, p) for p in found if p is not None}
+
+
+async def _with_groups(ctx: context.Context, placement: Placement) -> Placement:
+    """The placement with its ports' security groups: with Services, the project's
+    ``default`` group and the cluster's Service group (``servicegroups``); else Neutron's
+    default. Raises TemporaryError."""
+    group = ctx.services_group
+    if group is None:
+        return placement
+    project = placement.project_id or group.project_id
+    groups = ctx.pod_groups.get(project)
+    if groups is None:
+        defaults = await ctx.neutron.list_security_groups(name="default", project_id=project)
+        if not defaults:
+            LOG.warning("project %s has no default security group: its pods get only the "
+                        "Service group", project)
+        groups = (defaults[0].id, group.id) if defaults else (group.id,)
+        ctx.pod_groups[project] = groups
+    return dataclasses.replace(placement, security_group_ids=groups)
 
 
 def _of_network(network: api.Object) -> Placement | None:

@@ -138,7 +138,8 @@ async def _claim(ctx: context.Context, kuryr_port: api.Object, placement: placin
 
 def pool_key(placement: placing.Placement, node: str) -> nodes.NodeKey:
     return nodes.NodeKey(node=node, network_id=placement.network_id,
-                         subnet_id=placement.subnet_id, project_id=placement.project_id)
+                         subnet_id=placement.subnet_id, project_id=placement.project_id,
+                         security_group_ids=placement.security_group_ids)
 
 
 def _vif_dict(vif: Any, *, is_active: bool) -> dict[str, object]:
@@ -266,7 +267,8 @@ async def _ensure_port(ctx: context.Context, kuryr_port: api.Object,
         port = await ctx.neutron.create_port(
             placement.network_id, tags=tags, name=f"{meta['namespace']}/{meta['name']}",
             host_id=node, device_owner=lifecycle.DEVICE_OWNER, device_id=pod_uid,
-            project_id=placement.project_id, fixed_ips=fixed_ips)
+            project_id=placement.project_id, fixed_ips=fixed_ips,
+            security_group_ids=placement.security_group_ids)
         LOG.info("pod %s/%s: port %s", meta["namespace"], meta["name"], port.id)
         return port
     port = found[0]

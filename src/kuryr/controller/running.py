@@ -1,6 +1,7 @@
 """The controller's main loop: informers for Pods, Namespaces, Nodes, KuryrPorts and
-KuryrNetworks, the reactor, the routing of changes to handlers, the port pool and the periodic
-garbage collection.
+KuryrNetworks (and, with ``[kubernetes] service_subnet``, Services, EndpointSlices and
+KuryrLoadBalancers, with an Octavia client), the reactor, the routing of changes to handlers,
+the port pool and the periodic garbage collection.
 
 Owns start-up order (every informer synced before any handler runs; then the port pool is read
 back from Neutron (``pooling``); then every cached object is reconciled, which is how a
@@ -25,23 +26,31 @@ from kuryr.controller import (
     collecting,
     context,
     leading,
+    loadbalancers,
     networks,
     observing,
     pooling,
     ports,
     reacting,
+    servicegroups,
+    services,
 )
 from kuryr.k8s import api, resources, watching
-from kuryr.neutron import client
+from kuryr.neutron import client, connecting
+from kuryr.octavia import client as octavia_client
 from kuryr.pools import nodes
 
 LOG = logging.getLogger(__name__)
 _WATCHED = (resources.NAMESPACES, resources.NODES, resources.KURYR_NETWORKS, resources.PODS,
             resources.KURYR_PORTS)
+_SERVICES_WATCHED = (resources.SERVICES, resources.ENDPOINT_SLICES,
+                     resources.KURYR_LOAD_BALANCERS)
 _POOLS: reacting.Key = ("pools", "", "")  # keeping the port pools: one key for all
+_SERVICE_RULES: reacting.Key = ("servicerules", "", "")  # the Service security group's rules
 # The informer and kind of the object a reactor key names.
 _KINDS = {"pod": resources.PODS, "kuryrport": resources.KURYR_PORTS,
-          "namespace": resources.NAMESPACES, "kuryrnetwork": resources.KURYR_NETWORKS}
+          "namespace": resources.NAMESPACES, "kuryrnetwork": resources.KURYR_NETWORKS,
+          "service": resources.SERVICES, "kuryrloadbalancer": resources.KURYR_LOAD_BALANCERS}
 
 
 async def run(config: settings.KuryrSettings, *, stop: asyncio.Event,
@@ -98,6 +107,13 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
                ready: asyncio.Event | None) -> None:
     """Lead until ``stop`` is set: list and watch, reconcile every object, react."""
     neutron = client.Neutron.from_settings(config, observer=metrics.observe_neutron)
+    with_services = bool(config.kubernetes.service_subnet)
+    octavia = None
+    if with_services:
+        octavia = octavia_client.Octavia(
+            connecting.connect(config.neutron,
+                               load_balancer_endpoint=config.octavia.endpoint_override),
+            base_tags=neutron.base_tags, observer=metrics.observe_octavia)
 
     async def handle(key: reacting.Key) -> float | None:
         try:
@@ -118,7 +134,8 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
     pool = nodes.NodePools(neutron, size=kubernetes.pool_size, batch=kubernetes.pool_batch,
                            busy=lambda: len(active_ports) > 0)
     ctx = context.Context(config=config, kube=kube, neutron=neutron, reactor=reactor,
-                          metrics=metrics, pool=pool, active_ports=active_ports)
+                          metrics=metrics, pool=pool, active_ports=active_ports,
+                          octavia=octavia)
     metrics.pool_ready.set_function(pool.total)
     metrics.ports_waiting_active.set_function(lambda: len(active_ports))
     started = asyncio.Event()
@@ -127,7 +144,7 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
         if started.is_set():
             _route(ctx, plural, namespace, name)
 
-    for resource in _WATCHED:
+    for resource in (*_WATCHED, *(_SERVICES_WATCHED if with_services else ())):
         ctx.informers[resource.plural] = watching.Informer(
             kube, resource, on_change=functools.partial(changed, resource.plural))
     try:
@@ -136,7 +153,8 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
                      for p, i in ctx.informers.items()]
             for informer in ctx.informers.values():
                 await informer.synced.wait()
-            if not await pooling.start(ctx, stop):
+            if not await pooling.start(ctx, stop) or (
+                    with_services and not await _make_service_group(ctx, stop)):
                 for task in tasks:
                     task.cancel()
                 return
@@ -144,6 +162,8 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
             for plural, informer in ctx.informers.items():
                 for namespace, name in list(informer.objects):
                     _route(ctx, plural, namespace, name)
+            if with_services:
+                ctx.reactor.trigger(_SERVICE_RULES)
             LOG.info("kuryr controller acting: %d pods, %d namespaces",
                      len(ctx.informers["pods"].objects),
                      len(ctx.informers["namespaces"].objects))
@@ -162,6 +182,25 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
         await reactor.close()
         await pool.close()
         neutron.close()
+        if octavia is not None:
+            octavia.close()
+
+
+async def _make_service_group(ctx: context.Context, stop: asyncio.Event) -> bool:
+    """Find or make the Service security group before any pod port is placed; retried
+    until it works or ``stop`` is set (False)."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await servicegroups.ensure_group(ctx)
+            return True
+        except errors.KuryrError as e:
+            LOG.warning("cannot make the Service security group: %s; retrying in %.0f s",
+                        e, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 30.0)
+    return False
 
 
 def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None:
@@ -190,6 +229,21 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
         # The KuryrPorts waiting for their network's subnet (or for it to go).
         for port in ctx.informers["kuryrports"].in_namespace(namespace):
             trigger(("kuryrport", namespace, port["metadata"]["name"]))
+    elif plural == "services":
+        trigger(("service", namespace, name))
+    elif plural == "endpointslices":
+        piece = ctx.cached("endpointslices", namespace, name)
+        service = ((piece or {}).get("metadata", {}).get("labels") or {}).get(
+            resources.SERVICE_NAME_LABEL)
+        if service:
+            trigger(("service", namespace, service))
+        else:  # gone: which Service it was of is not known any more; look at them all
+            for obj in ctx.informers["services"].in_namespace(namespace):
+                trigger(("service", namespace, obj["metadata"]["name"]))
+    elif plural == "kuryrloadbalancers":
+        trigger(("kuryrloadbalancer", namespace, name))
+        trigger(("service", namespace, name))
+        trigger(_SERVICE_RULES)
 
 
 async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
@@ -204,6 +258,12 @@ async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
         return await networks.handle_network(ctx, namespace, name)
     if kind == "pools":
         return await pooling.handle_pools(ctx)
+    if kind == "service":
+        return await services.handle_service(ctx, namespace, name)
+    if kind == "kuryrloadbalancer":
+        return await loadbalancers.handle_loadbalancer(ctx, namespace, name)
+    if kind == "servicerules":
+        return await servicegroups.handle_rules(ctx)
     raise errors.PermanentError(f"no handler for {kind}")
 
 
@@ -224,7 +284,7 @@ async def _report(ctx: context.Context, key: reacting.Key,
         if pod is not None:
             await ctx.kube.post_event({"apiVersion": "v1", "kind": "Pod", **pod},
                                       reason=reason, message=str(error))
-    if kind in ("kuryrport", "kuryrnetwork"):
+    if kind in ("kuryrport", "kuryrnetwork", "kuryrloadbalancer"):
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         condition = {"type": "Failed", "status": "True", "reason": reason,
                      "message": str(error)[:1000], "lastTransitionTime": stamp}

@@ -50,3 +50,8 @@ EVENTS = Resource("", "v1", "events", "Event")
 KURYR_PORTS = Resource(GROUP, VERSION, "kuryrports", "KuryrPort")
 KURYR_NETWORKS = Resource(GROUP, VERSION, "kuryrnetworks", "KuryrNetwork")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+SERVICES = Resource("", "v1", "services", "Service")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+KURYR_LOAD_BALANCERS = Resource(GROUP, VERSION, "kuryrloadbalancers", "KuryrLoadBalancer")
+# The label that ties an EndpointSlice to its Service.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -1,111 +1,39 @@
 """The async facade over openstacksdk: the only code that calls Neutron.
 
-Owns the connection (made by ``connecting``), one bounded thread pool in
-which every blocking SDK call runs, the translation of SDK resources into ``resources``
-dataclasses, failure mapping (``failures.translate``) and the tags put on what it creates.
-It does not decide what to create: callers (``kuryr.ports``, entry points) do.
+``Neutron`` is one class assembled from parts that share ``facade.Facade`` (the connection made
+by ``connecting``, one bounded thread pool in which every blocking SDK call runs, failure
+mapping by ``failures.translate``, the tags put on what it creates): this module has networks,
+subnets, routers, ports, trunks and tags; ``security_groups`` and ``floating_ips`` the rest.
+Resources come back as ``resources`` dataclasses. It does not decide what to create: callers
+(``kuryr.ports``, entry points) do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import functools
-import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
 from kuryr import errors, model, settings
-from kuryr.neutron import connecting, failures, operations, resources, tagging
+from kuryr.neutron import connecting, floating_ips, operations, resources, security_groups
 
-LOG = logging.getLogger(__name__)
-_T = TypeVar("_T")
 Observer = operations.Observer
 
 
-class Neutron:
+class Neutron(security_groups.SecurityGroups, floating_ips.FloatingIps):
     """Neutron for kuryr: every method is async, runs one SDK call in the pool, maps failures
     (TemporaryError, PermanentError, NotFoundError, QuotaExceededError) and tags what it makes.
     """
-
-    def __init__(self, conn: openstack.connection.Connection, *, cluster_id: str,
-                 max_workers: int = 8, observer: Observer | None = None) -> None:
-        self._conn = conn
-        self._observer = observer
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="neutron")
-        self.cluster_id = cluster_id
-        self.base_tags = (tagging.KURYR, tagging.cluster(cluster_id))
 
     @classmethod
     def from_settings(cls, config: settings.KuryrSettings, *,
                       observer: Observer | None = None) -> Neutron:
         return cls(connecting.connect(config.neutron), cluster_id=config.cluster_id,
                    max_workers=config.neutron.max_workers, observer=observer)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._conn.close()
-
-    @property
-    def _net(self) -> Any:
-        """The SDK's network proxy. Its first use discovers the endpoint, which fails when
-        Neutron is down: mapped like any other failure (TemporaryError)."""
-        try:
-            return self._conn.network
-        except Exception as e:
-            raise failures.translate(e, "connect to Neutron") from e
-
-    async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        result = "ok"
-        call = functools.partial(fn, *args, **kwargs)
-        try:
-            try:
-                return await loop.run_in_executor(self._pool, call)
-            except Exception as e:
-                if not failures.is_repeatable(e, what):
-                    raise
-                LOG.info("%s: %s; sending it once more", what, type(e).__name__)
-                await asyncio.sleep(0.1)
-                return await loop.run_in_executor(self._pool, call)
-        except Exception as e:
-            error = failures.translate(e, what)
-            result = type(error).__name__
-            raise error from e
-        except BaseException:  # cancelled: the SDK call may still finish in its thread
-            result = "Cancelled"
-            raise
-        finally:
-            if self._observer is not None:
-                self._observer(operations.operation(what), result, time.monotonic() - started)
-
-    def _tags(self, extra: Iterable[str]) -> list[str]:
-        return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]
-
-    async def _create_tagged(self, what: str, create: Callable[..., Any],
-                             delete: Callable[..., Any], tags: Iterable[str],
-                             **attrs: Any) -> Any:
-        """Create a resource, then tag it: Neutron accepts ``tags`` in the POST of ports only.
-        If tagging fails the resource is deleted again, so nothing untagged is left."""
-        all_tags = self._tags(tags)
-        proxy = self._net
-
-        def create_and_tag() -> Any:
-            made = create(**attrs)
-            try:
-                return proxy.set_tags(made, all_tags)
-            except Exception:
-                delete(made, ignore_missing=True)
-                raise
-
-        return await self._call(what, create_and_tag)
 
     # -- networks -------------------------------------------------------------------------------
     async def create_network(self, name: str, *, tags: Iterable[str] = (), mtu: int | None = None,
@@ -140,9 +68,13 @@ class Neutron:
                             gateway_ip: str | None = None, enable_dhcp: bool = False,
                             ipv6_address_mode: str | None = None,
                             host_routes: Sequence[Mapping[str, str]] = (),
-                            dns_nameservers: Sequence[str] = ()) -> resources.Subnet:
+                            dns_nameservers: Sequence[str] = (),
+                            allocation_pools: Sequence[Mapping[str, str]] = ()
+                            ) -> resources.Subnet:
         attrs: dict[str, Any] = {"network_id": network_id, "ip_version": ip_version,
                                  "name": name, "is_dhcp_enabled": enable_dhcp}
+        if allocation_pools:
+            attrs["allocation_pools"] = [dict(p) for p in allocation_pools]
         optional = {"cidr": cidr, "subnet_pool_id": subnet_pool_id,
                     "prefix_length": prefix_length, "gateway_ip": gateway_ip,
                     "ipv6_address_mode": ipv6_address_mode}
@@ -205,6 +137,26 @@ class Neutron:
     async def delete_router(self, router_id: str) -> None:
         await self._call(f"delete router {router_id}", self._net.delete_router,
                          router_id, ignore_missing=True)
+
+    async def set_router_gateway(self, router_id: str, network_id: str) -> None:
+        """Put the router's gateway on the external network ``network_id`` (SNAT on, as
+        Neutron's default). Raises NotFoundError for a missing router or network."""
+        await self._call(f"set gateway of router {router_id} to network {network_id}",
+                         self._net.update_router, router_id,
+                         external_gateway_info={"network_id": network_id})
+
+    async def clear_router_gateway(self, router_id: str) -> None:
+        """Idempotent: a router without a gateway, or that does not exist, is success.
+        Raises PermanentError while floating IPs still use the gateway."""
+        with contextlib.suppress(errors.NotFoundError):
+            await self._call(f"clear gateway of router {router_id}", self._net.update_router,
+                             router_id, external_gateway_info={})
+
+    async def get_router(self, name_or_id: str) -> resources.Router:
+        """Raises NotFoundError."""
+        r = await self._call(f"find router {name_or_id}", self._net.find_router, name_or_id,
+                             ignore_missing=False)
+        return resources.router(r)
 
     async def add_router_interface(self, router_id: str, subnet_id: str) -> None:
         await self._call(f"add subnet {subnet_id} to router {router_id}",
@@ -347,48 +299,6 @@ class Neutron:
             await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(interval * 1.5, 0.5)
 
-    # -- security groups ------------------------------------------------------------------------
-    async def create_security_group(self, name: str, *, description: str = "",
-                                    tags: Iterable[str] = (),
-                                    project_id: str | None = None) -> resources.SecurityGroup:
-        attrs: dict[str, Any] = {"name": name, "description": description}
-        if project_id:
-            attrs["project_id"] = project_id
-        r = await self._create_tagged(f"create security group {name}",
-                                      self._net.create_security_group,
-                                      self._net.delete_security_group, tags, **attrs)
-        return resources.security_group(r)
-
-    async def get_security_group(self, name_or_id: str) -> resources.SecurityGroup:
-        r = await self._call(f"find security group {name_or_id}",
-                             self._net.find_security_group, name_or_id,
-                             ignore_missing=False)
-        return resources.security_group(r)
-
-    async def delete_security_group(self, group_id: str) -> None:
-        await self._call(f"delete security group {group_id}",
-                         self._net.delete_security_group, group_id, ignore_missing=True)
-
-    async def create_security_group_rule(
-            self, group_id: str, *, direction: str = "ingress", ethertype: str = "IPv4",
-            protocol: str | None = None, port_range_min: int | None = None,
-            port_range_max: int | None = None, remote_ip_prefix: str | None = None,
-            remote_group_id: str | None = None) -> resources.SecurityGroupRule:
-        attrs: dict[str, Any] = {"security_group_id": group_id, "direction": direction,
-                                 "ether_type": ethertype}
-        optional = {"protocol": protocol, "port_range_min": port_range_min,
-                    "port_range_max": port_range_max, "remote_ip_prefix": remote_ip_prefix,
-                    "remote_group_id": remote_group_id}
-        attrs.update({k: v for k, v in optional.items() if v is not None})
-        r = await self._call(f"create rule in security group {group_id}",
-                             self._net.create_security_group_rule, **attrs)
-        return resources.security_group_rule(r)
-
-    async def delete_security_group_rule(self, rule_id: str) -> None:
-        await self._call(f"delete security group rule {rule_id}",
-                         self._net.delete_security_group_rule, rule_id,
-                         ignore_missing=True)
-
     # -- trunks ---------------------------------------------------------------------------------
     async def create_trunk(self, port_id: str, *, name: str = "",
                            tags: Iterable[str] = ()) -> resources.Trunk:
@@ -455,15 +365,7 @@ class Neutron:
         with contextlib.suppress(errors.NotFoundError):
             await self._call(f"untag {kind} {resource_id}", remove)
 
-    # -- helpers --------------------------------------------------------------------------------
-    async def _list(self, what: str, fn: Callable[..., Iterable[Any]],
-                    convert: Callable[[Any], _T], *, tags: Sequence[str],
-                    **query: Any) -> list[_T]:
-        if tags:
-            query["tags"] = list(tags)
-        found = await self._call(what, lambda: list(fn(**query)))
-        return [convert(r) for r in found]
-
+    # -- helpers -----------------------------------------------------------------------------------
     async def vif_for_port(self, port: resources.Port) -> model.VIF:
         """The VIF of ``port`` (fetches its network and subnets concurrently)."""
         subnet_ids = sorted({f.subnet_id for f in port.fixed_ips})

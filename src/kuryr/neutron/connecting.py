@@ -1,5 +1,6 @@
-"""The SDK connection to Neutron, from ``[neutron]``: a clouds.yaml cloud or explicit auth
-options (``auth_type = none`` with an endpoint for a Neutron without Keystone)."""
+"""The SDK connection to Neutron (and, with the same credentials, to Octavia: the controller
+hands a connection made here to ``kuryr.octavia``), from ``[neutron]``: a clouds.yaml cloud or
+explicit auth options (``auth_type = none`` with an endpoint for a Neutron without Keystone)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from openstack import exceptions as sdk_exceptions
 from kuryr import errors, settings
 
 
-def connect(config: settings.NeutronSettings) -> openstack.connection.Connection:
-    """An SDK connection from ``[neutron]``. Raises ConfigError (message without secrets)."""
+def connect(config: settings.NeutronSettings, *, load_balancer_endpoint: str | None = None
+            ) -> openstack.connection.Connection:
+    """An SDK connection from ``[neutron]``; ``load_balancer_endpoint`` overrides Octavia's
+    endpoint (``[octavia_defaults] endpoint_override``; a clouds.yaml cloud can name it as
+    ``load_balancer_endpoint_override``). Raises ConfigError (message without secrets)."""
     if not config.is_configured():
         raise errors.ConfigError(
             "Neutron is not configured: set [neutron] cloud = <clouds.yaml entry> or auth_url "
@@ -22,8 +26,10 @@ def connect(config: settings.NeutronSettings) -> openstack.connection.Connection
         if config.cloud:
             loader = openstack.config.OpenStackConfig(
                 config_files=[config.clouds_yaml] if config.clouds_yaml else None)
+            extra: dict[str, Any] = ({"load_balancer_endpoint_override": load_balancer_endpoint}
+                     if load_balancer_endpoint else {})
             region = loader.get_one(cloud=config.cloud, region_name=config.region_name,
-                                    api_timeout=config.timeout)
+                                    api_timeout=config.timeout, **extra)
             return openstack.connection.Connection(config=region)
         auth_type = config.auth_type or ("password" if config.username else "none")
         options: dict[str, Any] = {
@@ -31,6 +37,7 @@ def connect(config: settings.NeutronSettings) -> openstack.connection.Connection
             "auth_url": config.auth_url,
             "region_name": config.region_name,
             "network_endpoint_override": config.endpoint_override,
+            "load_balancer_endpoint_override": load_balancer_endpoint,
             "api_timeout": config.timeout,
         }
         if auth_type != "none":

@@ -3,8 +3,9 @@
 5xx, 409 revision conflicts, timeouts and refused connections are ``TemporaryError``; every
 other 4xx is ``PermanentError`` (``NotFoundError`` for 404, ``QuotaExceededError`` for quota
 and address exhaustion). Neutron's own message is kept; URLs and credentials are not. A call
-that cannot create anything twice (find, get, list, delete) is sent once more when the
-connection failed under it (``is_repeatable``).
+that cannot create anything twice (find, get, list, delete, and the absolute PUTs of a
+router's gateway and a floating IP's port) is sent once more when the connection failed under it
+(``is_repeatable``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ _PERMANENT_CONFLICTS = {
     "PrefixPoolExhausted": errors.QuotaExceededError,
     "SubnetAllocationError": errors.QuotaExceededError,
     "SecurityGroupRuleExists": errors.PermanentError,
+    "RouterInterfaceInUseByFloatingIP": errors.PermanentError,
+    "RouterExternalGatewayInUseByFloatingIp": errors.PermanentError,
+    "FloatingIPPortAlreadyAssociated": errors.PermanentError,
 }
 
 
@@ -92,8 +96,10 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
 
 
 # Calls that change nothing, or whose repetition changes nothing more (deletes ignore a
-# missing resource): safe to send again when the connection failed under them.
-_REPEATABLE = ("find ", "get ", "list ", "delete ")
+# missing resource; a router's gateway and a floating IP's port are set to absolute values):
+# safe to send again when the connection failed under them.
+_REPEATABLE = ("find ", "get ", "list ", "delete ", "set gateway ", "clear gateway ",
+               "update floating ip ")
 
 
 def is_repeatable(e: BaseException, what: str) -> bool:

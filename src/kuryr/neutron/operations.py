@@ -12,7 +12,8 @@ Observer = Callable[[str, str, float], None]
 _WORDS = frozenset({
     "add", "create", "delete", "find", "get", "list", "remove", "tag", "untag", "update",
     "network", "networks", "subnet", "subnets", "pool", "pools", "port", "ports", "router",
-    "security", "group", "rule", "trunk", "subports"})
+    "security", "group", "groups", "rule", "rules", "trunk", "subports", "floating", "ip",
+    "ips", "set", "clear", "gateway"})
 
 
 def operation(what: str) -> str:

@@ -34,6 +34,7 @@ class Subnet:
     dns_nameservers: tuple[str, ...] = ()
     subnet_pool_id: str | None = None
     tags: tuple[str, ...] = ()
+    project_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Router:
     id: str
     name: str
     tags: tuple[str, ...] = ()
+    external_network_id: str | None = None  # the network of its gateway, if it has one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,8 @@ class SecurityGroup:
     name: str
     rule_ids: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    project_id: str = ""
+    description: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +101,20 @@ class SecurityGroupRule:
     port_range_min: int | None
     port_range_max: int | None
     remote_ip_prefix: str | None
+    remote_group_id: str | None = None
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatingIp:
+    id: str
+    floating_ip_address: str
+    floating_network_id: str
+    port_id: str | None
+    fixed_ip_address: str | None
+    project_id: str
+    description: str = ""
+    tags: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +143,7 @@ def subnet(r: Any) -> Subnet:
         ip_version=int(r.ip_version), gateway_ip=r.gateway_ip,
         host_routes=tuple((h["destination"], h["nexthop"]) for h in r.host_routes or ()),
         dns_nameservers=tuple(r.dns_nameservers or ()), subnet_pool_id=r.subnet_pool_id,
-        tags=_tags(r))
+        tags=_tags(r), project_id=r.project_id or "")
 
 
 def subnet_pool(r: Any) -> SubnetPool:
@@ -135,7 +153,9 @@ def subnet_pool(r: Any) -> SubnetPool:
 
 
 def router(r: Any) -> Router:
-    return Router(id=r.id, name=r.name or "", tags=_tags(r))
+    gateway = r.external_gateway_info or {}
+    return Router(id=r.id, name=r.name or "", tags=_tags(r),
+                  external_network_id=gateway.get("network_id") or None)
 
 
 def port(r: Any) -> Port:
@@ -151,14 +171,24 @@ def port(r: Any) -> Port:
 def security_group(r: Any) -> SecurityGroup:
     return SecurityGroup(id=r.id, name=r.name or "",
                          rule_ids=tuple(rule["id"] for rule in r.security_group_rules or ()),
-                         tags=_tags(r))
+                         tags=_tags(r), project_id=r.project_id or "",
+                         description=r.description or "")
 
 
 def security_group_rule(r: Any) -> SecurityGroupRule:
     return SecurityGroupRule(
         id=r.id, security_group_id=r.security_group_id, direction=r.direction,
         ethertype=r.ether_type, protocol=r.protocol, port_range_min=r.port_range_min,
-        port_range_max=r.port_range_max, remote_ip_prefix=r.remote_ip_prefix)
+        port_range_max=r.port_range_max, remote_ip_prefix=r.remote_ip_prefix,
+        remote_group_id=r.remote_group_id or None, description=r.description or "")
+
+
+def floating_ip(r: Any) -> FloatingIp:
+    return FloatingIp(
+        id=r.id, floating_ip_address=r.floating_ip_address,
+        floating_network_id=r.floating_network_id, port_id=r.port_id or None,
+        fixed_ip_address=r.fixed_ip_address or None, project_id=r.project_id or "",
+        description=r.description or "", tags=_tags(r))
 
 
 def trunk(r: Any) -> Trunk:

@@ -8,11 +8,17 @@
         api.drop_watches()                              # end every open watch stream
         api.expire_next_watch()                         # the next watch gets 410 Gone
 
+    async with k8s.serve(service_cidr="10.96.0.0/24", endpoint_slices=True) as api:
+        ...  # Services get clusterIPs; EndpointSlices follow pods and Services
+        api.set_pod_ip("default", "web-1", "10.0.0.5")  # as the kubelet after CNI ADD
+
 This package owns the test-facing API (``serve`` and ``Api``); the semantics live in its
 modules: ``registry`` (resources, discovery), ``store`` (objects, versions, lifecycle),
-``patching``, ``selectors``, ``watching`` and ``server`` (HTTP, faults). What the double does
-not do: authentication, admission and validation beyond metadata, server-side apply, dryRun,
-field managers, and consistent pagination snapshots.
+``patching``, ``selectors``, ``watching``, ``server`` (HTTP, faults), ``services`` (Service
+defaulting, validation, ClusterIP allocation) and ``endpointslices`` (the EndpointSlice
+controller's stand-in). What the double does not do: authentication, admission and validation
+beyond metadata and Services, server-side apply, dryRun, field managers, and consistent
+pagination snapshots.
 """
 
 from __future__ import annotations
@@ -22,10 +28,19 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
 
-from tests.support.k8s import registry, server, store, watching
+from tests.support.k8s import (
+    endpointslices,
+    registry,
+    selectors,
+    server,
+    services,
+    store,
+    watching,
+)
 from tests.support.k8s.registry import (
     CONFIGMAPS,
     CORE_RESOURCES,
+    ENDPOINT_SLICES,
     ENDPOINTS,
     EVENTS,
     KURYR_LOAD_BALANCERS,
@@ -43,10 +58,13 @@ from tests.support.k8s.registry import (
 )
 
 __all__ = [
-    "CONFIGMAPS", "CORE_RESOURCES", "ENDPOINTS", "EVENTS", "KURYR_LOAD_BALANCERS",
-    "KURYR_NETWORKS", "KURYR_NETWORK_POLICIES", "KURYR_PORTS", "KURYR_RESOURCES", "LEASES",
-    "NAMESPACES", "NODES", "PODS", "SERVICES", "Api", "Resource", "crd", "serve",
+    "CONFIGMAPS", "CORE_RESOURCES", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS",
+    "KURYR_LOAD_BALANCERS", "KURYR_NETWORKS", "KURYR_NETWORK_POLICIES", "KURYR_PORTS",
+    "KURYR_RESOURCES", "LEASES", "NAMESPACES", "NODES", "PODS", "SERVICES", "Api", "Resource",
+    "crd", "serve",
 ]
+
+Object = store.Object
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
@@ -107,18 +125,66 @@ class Api:
         """Forget the event log: a watch resuming from any older version gets 410 Gone."""
         self._server.store.compact()
 
+    # -- the kubelet and the controllers ------------------------------------------------------
+
+    def set_pod_ip(self, namespace: str, name: str, ip: str, *,
+                   ready: bool = True) -> Object:
+        """Report the pod started, as its kubelet does after CNI ADD: through /status (a new
+        resourceVersion, a MODIFIED event), ``phase`` Running, ``podIP``, ``podIPs``, and the
+        ``Ready`` and ``ContainersReady`` conditions (True when ``ready``; a condition's
+        ``lastTransitionTime`` moves only when its status does). Returns the pod."""
+        status = "True" if ready else "False"
+
+        def apply(pod: Object) -> Object:
+            found = pod.setdefault("status", {})
+            found["phase"] = "Running"
+            found["podIP"] = ip
+            found["podIPs"] = [{"ip": ip}]
+            found.setdefault("startTime", store.now())
+            conditions = [c for c in found.get("conditions") or [] if isinstance(c, dict)]
+            for kind in ("ContainersReady", "Ready"):
+                current = next((c for c in conditions if c.get("type") == kind), None)
+                if current is None:
+                    current = {"type": kind}
+                    conditions.append(current)
+                if current.get("status") != status:
+                    current.update(status=status, lastProbeTime=None,
+                                   lastTransitionTime=store.now())
+            found["conditions"] = conditions
+            return pod
+
+        return self._server.store.patch(registry.PODS, namespace, name, apply, status=True)
+
+    def endpoint_slices(self, namespace: str, service: str) -> list[Object]:
+        """The EndpointSlices labelled for ``service`` (whoever manages them), by name."""
+        label = f"{endpointslices.SERVICE_NAME}={service}"
+        matches = selectors.matcher(ENDPOINT_SLICES.field_labels, labels=label)
+        return self._server.store.list(ENDPOINT_SLICES, namespace, matches)[0]
+
 
 @contextlib.asynccontextmanager
 async def serve(resources: Iterable[Resource] | None = None, *, log_size: int = 1000,
                 bookmark_interval: float = 1.0,
-                namespaces: Iterable[str] = DEFAULT_NAMESPACES) -> AsyncIterator[Api]:
+                namespaces: Iterable[str] = DEFAULT_NAMESPACES,
+                service_cidr: str | None = None,
+                endpoint_slices: bool = False) -> AsyncIterator[Api]:
     """Serve a fresh double on 127.0.0.1 (an ephemeral port) for the duration of the block.
 
     ``resources`` default to ``CORE_RESOURCES``; ``log_size`` is how many events a watch can
-    resume across; ``namespaces`` exist from the start, as on a new cluster.
+    resume across; ``namespaces`` exist from the start, as on a new cluster. Services are
+    always defaulted and validated; with ``service_cidr`` they get clusterIPs from it. With
+    ``endpoint_slices`` the EndpointSlice controller's stand-in runs (and EndpointSlices are
+    served even if ``resources`` leave them out).
     """
-    state = server.Server(registry.Registry(list(resources or CORE_RESOURCES)),
-                          store.Store(log_size=log_size), bookmark_interval=bookmark_interval)
+    served = registry.Registry(list(resources or CORE_RESOURCES))
+    objects = store.Store(log_size=log_size)
+    services.ServiceAdmission(objects, service_cidr).install()
+    if endpoint_slices:
+        if served.lookup(ENDPOINT_SLICES.group, ENDPOINT_SLICES.version,
+                         ENDPOINT_SLICES.plural) is None:
+            served.register(ENDPOINT_SLICES)
+        endpointslices.Controller(objects).install()
+    state = server.Server(served, objects, bookmark_interval=bookmark_interval)
     for name in namespaces:
         state.store.create(registry.NAMESPACES, None, {"metadata": {"name": name}})
     runner = web.AppRunner(state.app(), handler_cancellation=True, shutdown_timeout=1.0)

@@ -74,8 +74,11 @@ CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", has_status=False,
 SERVICES = Resource("", "v1", "services", "Service", short_names=("svc",))
 ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", has_status=False, short_names=("ep",))
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", has_status=False)
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice",
+                           has_status=False)
 
-CORE_RESOURCES = (NAMESPACES, NODES, PODS, EVENTS, CONFIGMAPS, SERVICES, ENDPOINTS, LEASES)
+CORE_RESOURCES = (NAMESPACES, NODES, PODS, EVENTS, CONFIGMAPS, SERVICES, ENDPOINTS, LEASES,
+                  ENDPOINT_SLICES)
 
 KURYR_PORTS = crd("openstack.org", "v1", "kuryrports", "KuryrPort")
 KURYR_NETWORKS = crd("openstack.org", "v1", "kuryrnetworks", "KuryrNetwork")

@@ -9,6 +9,10 @@ with ``gracePeriodSeconds=0``, as the kubelet sends), namespace termination (con
 namespace removed when empty), and ownerReference garbage collection (background: dependents
 go right after their last owner). It is synchronous and does no I/O; HTTP and watch streams
 live in ``server`` and ``watching``. Failures raise ``errors.ApiError``.
+
+Two hooks let the rest of a cluster take part without owning storage: ``admit`` (defaulting
+and validation before an object is stored, e.g. ``services``) and ``after_writes`` (a
+controller that reacts once the outermost write is done, e.g. ``endpointslices``).
 """
 
 from __future__ import annotations
@@ -18,15 +22,23 @@ import collections
 import copy
 import dataclasses
 import datetime
+import functools
 import random
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from tests.support.k8s import errors, registry, selectors
 
 Object = dict[str, Any]
 Key = tuple[str, str, str, str]  # (group, plural, namespace, name); namespace "" if cluster-wide
+# Called with (resource, current object or None on create, object to store) before a create or
+# an update (of the object or of its /status): may change the object in place, or refuse it by
+# raising errors.ApiError. What kube-apiserver's defaulting, admission and validation do.
+Admission = Callable[[registry.Resource, Object | None, Object], None]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # what the real server's generateName draws from
 
@@ -56,6 +68,23 @@ def _key(resource: registry.Resource, namespace: str | None, name: str) -> Key:
     return (resource.group, resource.plural, scope, name)
 
 
+def _write(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+    """A public write: when the outermost one ends, the store's settlers run (see
+    ``Store.after_writes``)."""
+
+    def wrapper(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        self._depth += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._settle()
+
+    functools.update_wrapper(wrapper, method)
+    return wrapper
+
+
 def _content(resource: registry.Resource, obj: Object) -> Object:
     """What bumps ``generation`` when it changes: all but metadata (and status if split)."""
     ignored = {"metadata", "apiVersion", "kind"} | ({"status"} if resource.has_status else set())
@@ -71,6 +100,32 @@ class Store:
         self._log: collections.deque[Event] = collections.deque(maxlen=max(1, log_size))
         self._compacted = 0  # the highest revision no longer in the log
         self._subscribers: list[Callable[[Event], None]] = []
+        self._admissions: list[Admission] = []
+        self._settlers: list[Callable[[], None]] = []
+        self._depth = 0  # nesting of public writes in progress
+        self._is_settling = False
+
+    # -- hooks: what the rest of a cluster does around its API server ---------------------
+
+    def admit(self, check: Admission) -> None:
+        """Run ``check`` on every object about to be created or updated (see ``Admission``)."""
+        self._admissions.append(check)
+
+    def after_writes(self, settle: Callable[[], None]) -> None:
+        """Call ``settle`` after every outermost write (HTTP or direct), as a controller
+        reacting at once would run; the writes ``settle`` makes do not call it again, so it
+        must finish its own work (loop until it has nothing left)."""
+        self._settlers.append(settle)
+
+    def _settle(self) -> None:
+        if self._is_settling:
+            return
+        self._is_settling = True
+        try:
+            for settle in list(self._settlers):
+                settle()
+        finally:
+            self._is_settling = False
 
     # -- events ---------------------------------------------------------------------------
 
@@ -117,11 +172,19 @@ class Store:
                  and (matches is None or matches(obj))]
         return items, self.revision
 
+    def view(self, resource: registry.Resource, namespace: str | None) -> builtins.list[Object]:
+        """The stored objects themselves, not copies, sorted by key: for the double's own
+        controllers, which must not change them."""
+        return [obj for key, (_, obj) in sorted(self._objects.items())
+                if key[:2] == (resource.group, resource.plural)
+                and (not namespace or key[2] == namespace)]
+
     def _uids(self) -> set[str]:
         return {obj["metadata"]["uid"] for _, obj in self._objects.values()}
 
     # -- writes ---------------------------------------------------------------------------
 
+    @_write
     def create(self, resource: registry.Resource, namespace: str | None, body: Any) -> Object:
         """Store a new object with server-set metadata; 409 AlreadyExists, 404 for a missing
         namespace, 403 for a terminating one, 400/422 for a malformed body."""
@@ -154,9 +217,6 @@ class Store:
             raise errors.already_exists(resource.qualified, meta["name"])
         for server_owned in ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields"):
             meta.pop(server_owned, None)
-        self.revision += 1
-        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1,
-                    resourceVersion=str(self.revision))
         obj["apiVersion"], obj["kind"] = resource.api_version, resource.kind
         if resource.has_status:
             obj.pop("status", None)  # status is written through /status only
@@ -164,6 +224,11 @@ class Store:
             obj["status"] = {"phase": "Active"}
         elif resource.plural == "pods" and not resource.group:
             obj["status"] = {"phase": "Pending"}
+        for admit in self._admissions:
+            admit(resource, None, obj)
+        self.revision += 1
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1,
+                    resourceVersion=str(self.revision))
         self._objects[key] = (resource, obj)
         self._emit("ADDED", resource, obj, None)
         return copy.deepcopy(obj)
@@ -176,6 +241,7 @@ class Store:
             raise errors.ApiError(403, f"unable to create new content in namespace {namespace} "
                                   "because it is being terminated", reason="Forbidden")
 
+    @_write
     def replace(self, resource: registry.Resource, namespace: str | None, name: str,
                 body: Any, *, status: bool = False) -> Object:
         """PUT: the whole object (or only its status with ``status``); 409 on a stale
@@ -192,6 +258,7 @@ class Store:
         old = self.get(resource, namespace, name)
         return self._update(resource, old, body, status=status)
 
+    @_write
     def patch(self, resource: registry.Resource, namespace: str | None, name: str,
               apply: Callable[[Object], Any], *, status: bool = False) -> Object:
         """PATCH: ``apply`` turns the current object into the new one (see ``patching``)."""
@@ -240,6 +307,8 @@ class Store:
                                       "be added if the object is being deleted")
         if not meta.get("finalizers"):
             meta.pop("finalizers", None)
+        for admit in self._admissions:
+            admit(resource, old, new)
         if new == old:
             return old  # a no-op write: no new resourceVersion, no event
         if _content(resource, new) != _content(resource, old):
@@ -255,6 +324,7 @@ class Store:
 
     # -- deletion -------------------------------------------------------------------------
 
+    @_write
     def delete(self, resource: registry.Resource, namespace: str | None, name: str, *,
                propagation: str | None = None, grace: int | None = None,
                preconditions: dict[str, Any] | None = None) -> Object:
@@ -302,6 +372,7 @@ class Store:
             return self._remove(key, cascade=cascade)
         return copy.deepcopy(self._objects[key][1]) if key in self._objects else updated
 
+    @_write
     def delete_collection(self, resource: registry.Resource, namespace: str | None,
                           matches: selectors.Matcher | None = None, *,
                           propagation: str | None = None,

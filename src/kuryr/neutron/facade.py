@@ -1,0 +1,105 @@
+"""How the Neutron facade calls the SDK: the plumbing every part of ``client.Neutron`` shares.
+
+Owns the connection handed in, one bounded thread pool in which every blocking SDK call runs,
+failure mapping (``failures.translate``) with one repetition of a read or delete whose
+connection failed, the observer of each call, and the tags put on what is created. It has no
+resource methods: ``client`` (networks, subnets, routers, ports, trunks, tags),
+``security_groups`` and ``floating_ips`` add them on this base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import openstack.connection
+
+from kuryr.neutron import failures, operations, tagging
+
+LOG = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+class Facade:
+    """The shared base of ``client.Neutron``: a connection, its thread pool and ``_call``."""
+
+    def __init__(self, conn: openstack.connection.Connection, *, cluster_id: str,
+                 max_workers: int = 8, observer: operations.Observer | None = None) -> None:
+        self._conn = conn
+        self._observer = observer
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="neutron")
+        self.cluster_id = cluster_id
+        self.base_tags = (tagging.KURYR, tagging.cluster(cluster_id))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._conn.close()
+
+    @property
+    def _net(self) -> Any:
+        """The SDK's network proxy. Its first use discovers the endpoint, which fails when
+        Neutron is down: mapped like any other failure (TemporaryError)."""
+        try:
+            return self._conn.network
+        except Exception as e:
+            raise failures.translate(e, "connect to Neutron") from e
+
+    async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        result = "ok"
+        call = functools.partial(fn, *args, **kwargs)
+        try:
+            try:
+                return await loop.run_in_executor(self._pool, call)
+            except Exception as e:
+                if not failures.is_repeatable(e, what):
+                    raise
+                LOG.info("%s: %s; sending it once more", what, type(e).__name__)
+                await asyncio.sleep(0.1)
+                return await loop.run_in_executor(self._pool, call)
+        except Exception as e:
+            error = failures.translate(e, what)
+            result = type(error).__name__
+            raise error from e
+        except BaseException:  # cancelled: the SDK call may still finish in its thread
+            result = "Cancelled"
+            raise
+        finally:
+            if self._observer is not None:
+                self._observer(operations.operation(what), result, time.monotonic() - started)
+
+    def _tags(self, extra: Iterable[str]) -> list[str]:
+        return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]
+
+    async def _create_tagged(self, what: str, create: Callable[..., Any],
+                             delete: Callable[..., Any], tags: Iterable[str],
+                             **attrs: Any) -> Any:
+        """Create a resource, then tag it: Neutron accepts ``tags`` in the POST of ports only.
+        If tagging fails the resource is deleted again, so nothing untagged is left."""
+        all_tags = self._tags(tags)
+        proxy = self._net
+
+        def create_and_tag() -> Any:
+            made = create(**attrs)
+            try:
+                return proxy.set_tags(made, all_tags)
+            except Exception:
+                delete(made, ignore_missing=True)
+                raise
+
+        return await self._call(what, create_and_tag)
+
+    async def _list(self, what: str, fn: Callable[..., Iterable[Any]],
+                    convert: Callable[[Any], _T], *, tags: Sequence[str],
+                    **query: Any) -> list[_T]:
+        if tags:
+            query["tags"] = list(tags)
+        found = await self._call(what, lambda: list(fn(**query)))
+        return [convert(r) for r in found]
