@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from kuryr.octavia import client as octavia_client
 from kuryr.octavia import resources as octavia_resources
 from kuryr.ports import lifecycle
 from tests.cloud.conftest import TEST_TAG
+from tests.cloud.test_neutron_facade import ResettingProxy
 from tests.conftest import RUN_ID, unavailable
 
 TIMEOUT = 60.0  # bound of every wait here; the OVN provider needs about 1 s
@@ -59,14 +59,28 @@ async def subnet(neutron: client.Neutron, network: resources.Network,
         yield v4
     finally:
         try:
-            for lb in await octavia.list_load_balancers(tags=[TEST_TAG]):
-                with contextlib.suppress(errors.TemporaryError):  # still PENDING: wait below
-                    await octavia.wait_load_balancer(lb.id, timeout=TIMEOUT)
-                await octavia.delete_load_balancer(lb.id, cascade=True)
-                await octavia.wait_load_balancer_deleted(lb.id, timeout=TIMEOUT)
+            await _delete_load_balancers(octavia)
         finally:
             await neutron.remove_router_interface(router.id, v4.id)
             await neutron.delete_router(router.id)
+
+
+async def _delete_load_balancers(octavia: octavia_client.Octavia) -> None:
+    """Delete every load balancer of the test run, retrying a bounded while through
+    TemporaryErrors (one still PENDING_*, or an Octavia that is restarting)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            for lb in await octavia.list_load_balancers(tags=[TEST_TAG]):
+                with contextlib.suppress(errors.NotFoundError):  # gone meanwhile
+                    await octavia.wait_load_balancer(lb.id, timeout=TIMEOUT)
+                    await octavia.delete_load_balancer(lb.id, cascade=True)
+                    await octavia.wait_load_balancer_deleted(lb.id, timeout=TIMEOUT)
+            return
+        except errors.TemporaryError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(1)
 
 
 def _address(subnet: resources.Subnet, host: int) -> str:
@@ -75,11 +89,10 @@ def _address(subnet: resources.Subnet, host: int) -> str:
 
 async def _load_balancer(octavia: octavia_client.Octavia, subnet: resources.Subnet,
                          project_id: str) -> octavia_resources.LoadBalancer:
-    lb = await octavia.create_load_balancer(
+    return await octavia.create_load_balancer(
         f"kt-{RUN_ID}-{uuid.uuid4().hex[:4]}", vip_subnet_id=subnet.id,
         vip_address=_address(subnet, 50), project_id=project_id, tags=[TEST_TAG],
         description="kt: a service")
-    return lb
 
 
 async def test_the_ovn_provider_is_listed(octavia: octavia_client.Octavia) -> None:
@@ -233,7 +246,7 @@ for _ in range(int(sys.argv[3])):
     try:
         with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1) as c:
             print(c.recv(64).decode() or "empty", flush=True)
-    except OSError as e:
+    except OSError:
         print("failed", flush=True)
 """
 
@@ -254,8 +267,7 @@ def _serving(netns: str, port: int, name: str) -> Iterator[None]:
 def _who_answers(netns: str, address: str, port: int, count: int = 16) -> collections.Counter[str]:
     """Who answers ``count`` connections from ``netns`` (each from its own source port)."""
     out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _CLIENT, address,
-                          str(port), str(count)], capture_output=True, text=True, timeout=60,
-                         env={**os.environ})
+                          str(port), str(count)], capture_output=True, text=True, timeout=60)
     return collections.Counter(out.stdout.split())
 
 
@@ -264,9 +276,7 @@ async def _answers_become(netns: str, address: str, port: int, expected: set[str
     """Who answers, once that is exactly ``expected`` (flows take a moment to settle)."""
     deadline = time.monotonic() + within
     while True:
-        t0 = time.monotonic()
         seen = await asyncio.to_thread(_who_answers, netns, address, port)
-        print("DEBUG answers", seen, round(time.monotonic() - t0, 2))
         if set(seen) == expected or time.monotonic() > deadline:
             return seen
         await asyncio.sleep(0.3)
@@ -277,7 +287,6 @@ async def test_traffic_through_the_vip_reaches_the_members_set(
         subnet: resources.Subnet, binders: dict[str, binding.Binder],
         cloud_config: settings.KuryrSettings, make_netns: Callable[[], str]) -> None:
     host = cloud_config.binding.host
-    T0 = time.monotonic()
     lb = await _load_balancer(octavia, subnet, network.project_id)
     # Plug two members and a client meanwhile (the load balancer needs about a second).
     namespaces = {name: make_netns() for name in ("a", "b", "client")}
@@ -287,9 +296,7 @@ async def test_traffic_through_the_vip_reaches_the_members_set(
         for name, ns in namespaces.items())), strict=True))
     address = {name: next(str(f.address.ip) for f in att.vif.fixed_ips
                           if f.address.version == 4) for name, att in plugged.items()}
-    print("DEBUG plugged", time.monotonic() - T0)
     await octavia.wait_load_balancer(lb.id, timeout=TIMEOUT)
-    print("DEBUG lb", time.monotonic() - T0)
     listener = await octavia.create_listener(lb.id, name="kt:TCP:80", protocol="TCP",
                                              protocol_port=80)
     await octavia.wait_load_balancer(lb.id, timeout=TIMEOUT)
@@ -301,7 +308,6 @@ async def test_traffic_through_the_vip_reaches_the_members_set(
         await octavia.set_members(pool.id, [
             octavia_resources.MemberSpec(address[n], 8080, subnet.id, n) for n in ("a", "b")])
         await octavia.wait_load_balancer(lb.id, timeout=TIMEOUT)
-        print("DEBUG members", time.monotonic() - T0)
         seen = await _answers_become(namespaces["client"], lb.vip_address, 80, {"a", "b"})
         assert set(seen) == {"a", "b"}, f"both members should answer through the VIP: {seen}"
 
@@ -315,3 +321,31 @@ async def test_traffic_through_the_vip_reaches_the_members_set(
     for name, att in plugged.items():
         await lifecycle.detach(neutron, binders, port_id=att.port.id, netns=namespaces[name],
                                ifname="eth0")
+
+
+async def test_a_reset_connection_repeats_reads_and_deletes_never_creates(
+        octavia: octavia_client.Octavia, cloud_config: settings.KuryrSettings) -> None:
+    proxy = ResettingProxy(f"{layout.OCTAVIA_API_HOST}:{layout.OCTAVIA_API_PORT}")
+    with proxy.running() as url:
+        facade = octavia_client.Octavia(
+            connecting.connect(cloud_config.neutron, load_balancer_endpoint=url),
+            base_tags=octavia.base_tags)
+        try:
+            await facade.list_load_balancers(tags=[TEST_TAG])
+            proxy.arm()
+            await facade.list_load_balancers(tags=[TEST_TAG])
+            proxy.arm()
+            with pytest.raises(errors.NotFoundError):
+                await facade.get_load_balancer(str(uuid.uuid4()))
+            proxy.arm()
+            await facade.delete_listener(str(uuid.uuid4()))
+            assert [r.split(b" ")[0] for r in proxy.reset] == [b"GET", b"GET", b"DELETE"]
+            # A create is never sent twice: a TemporaryError, and nothing was made.
+            name = f"kt-{RUN_ID}-reset"
+            proxy.arm()
+            with pytest.raises(errors.TemporaryError, match="cannot reach Octavia"):
+                await facade.create_load_balancer(name, vip_subnet_id=str(uuid.uuid4()))
+            assert proxy.reset[-1].startswith(b"POST ")
+            assert await octavia.list_load_balancers(name=name) == []
+        finally:
+            facade.close()

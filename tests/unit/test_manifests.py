@@ -113,18 +113,28 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
                for group in rule["apiGroups"] for resource in rule["resources"]
                for verb in rule["verbs"]}
     informed = {(group, resource, verb) for group, resource in (
-        ("", "pods"), ("", "namespaces"), ("", "nodes"),
-        ("openstack.org", "kuryrports"), ("openstack.org", "kuryrnetworks"))
+        ("", "pods"), ("", "namespaces"), ("", "nodes"), ("", "services"),
+        ("discovery.k8s.io", "endpointslices"), ("openstack.org", "kuryrports"),
+        ("openstack.org", "kuryrnetworks"), ("openstack.org", "kuryrloadbalancers"))
         for verb in ("get", "list", "watch")}
     assert informed <= granted, informed - granted
     assert {("", "pods", "patch"), ("", "events", "create"),
             ("openstack.org", "kuryrports/status", "patch"),
-            ("openstack.org", "kuryrnetworks/status", "patch")} <= granted
+            ("openstack.org", "kuryrnetworks/status", "patch"),
+            ("", "services/status", "patch"),
+            ("openstack.org", "kuryrloadbalancers", "create"),
+            ("openstack.org", "kuryrloadbalancers", "update"),
+            ("openstack.org", "kuryrloadbalancers", "delete"),
+            ("openstack.org", "kuryrloadbalancers/status", "patch")} <= granted
+    assert not {(g, r, v) for g, r, v in granted
+                if r in ("services", "endpointslices") and v not in ("get", "list", "watch")}, \
+        "the controller only reads Services (but their status) and EndpointSlices"
     assert not {(g, r, v) for g, r, v in granted
                 if r in ("pods", "namespaces", "nodes") and v in ("create", "delete", "update")}, \
         "the controller never creates, deletes or replaces Pods, Namespaces or Nodes"
     assert {crd["spec"]["names"]["plural"] for crd in DOCS
-            if crd["kind"] == "CustomResourceDefinition"} == {"kuryrports", "kuryrnetworks"}
+            if crd["kind"] == "CustomResourceDefinition"} == {"kuryrports", "kuryrnetworks",
+                                                               "kuryrloadbalancers"}
 
 
 def test_daemon_runs_in_kubernetes_mode_on_its_node_without_openstack_credentials() -> None:

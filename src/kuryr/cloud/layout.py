@@ -26,6 +26,8 @@ OCTAVIA_URL = f"http://{OCTAVIA_API_HOST}:{OCTAVIA_API_PORT}/"
 # ovn-octavia-provider 11 ignores the configured driver-agent socket paths and always uses
 # Octavia's defaults in this directory (one Octavia per machine, like one Open vSwitch).
 OCTAVIA_AGENT_RUN_DIR = pathlib.Path("/var/run/octavia")
+OCTAVIA_AGENT_SOCKETS = tuple(OCTAVIA_AGENT_RUN_DIR / f"{name}.sock"
+                              for name in ("status", "stats", "get"))
 MARIADB_HOST = "127.0.0.1"
 MARIADB_PORT = 13306
 INTEGRATION_BRIDGE = "br-int"
@@ -293,8 +295,9 @@ class CloudLayout:
 
     @property
     def octavia_agent_wrapper(self) -> pathlib.Path:
-        """The script that runs ``octavia-driver-agent`` with the no-auth group registered."""
-        return self.octavia_dir / "kuryr_octavia_driver_agent.py"
+        """The script that runs ``octavia-driver-agent`` with the no-auth group registered;
+        its name holds "octavia-driver-agent", as the titles of the agent's children do."""
+        return self.octavia_dir / "kuryr-octavia-driver-agent.py"
 
     def pidfile(self, service: str) -> pathlib.Path:
         """The pidfile of a service that does not write one of its own."""

@@ -42,6 +42,8 @@ READY_TIMEOUT = 60.0
 # How long a Neutron that was already running may take to become healthy before it is
 # restarted (it answers within seconds when it is well).
 RUNNING_NEUTRON_GRACE = 20.0
+# The same for an Octavia API that was already running.
+RUNNING_OCTAVIA_GRACE = 20.0
 SOCKET_TIMEOUT = 30.0
 
 
@@ -214,32 +216,49 @@ def _start_octavia(cloud: layout.CloudLayout, starter: _Starter, *, restart: boo
     layout.OCTAVIA_AGENT_RUN_DIR.mkdir(parents=True, exist_ok=True)
     if services.running_pid(octavia[0]) is None:
         _stop((octavia[1],), progress)
-    starter.ensure(octavia[0].name,
-                   sockets=tuple(layout.OCTAVIA_AGENT_RUN_DIR / f"{name}.sock"
-                                 for name in ("status", "stats", "get")))
+    if starter.ensure(octavia[0].name, before=_remove_agent_sockets):
+        # Its sockets are looked at, not connected to: a connection closed without a request
+        # makes the agent log an error (see rendering's patched driver_listener._recv).
+        agent = octavia[0]
+        probing.wait_for("starting octavia-driver-agent", _agent_sockets_exist,
+                         timeout=SOCKET_TIMEOUT, log=agent.log,
+                         alive=lambda: _check_running(agent, "starting octavia-driver-agent"))
     starter.ensure(octavia[1].name)
 
 
+def _remove_agent_sockets() -> None:
+    for path in layout.OCTAVIA_AGENT_SOCKETS:
+        path.unlink(missing_ok=True)
+
+
+def _agent_sockets_exist() -> bool:
+    return all(path.is_socket() for path in layout.OCTAVIA_AGENT_SOCKETS)
+
+
+def _check_running(service: services.Service, step: str) -> None:
+    if services.running_pid(service) is None:
+        raise commands.failure(step, f"{service.name} exited", service.log)
+
+
 def _wait_octavia(cloud: layout.CloudLayout, starter: _Starter) -> None:
-    """Wait (bounded) until Octavia lists the OVN provider; restart it once when it came up
-    without the provider or was running but is not answering."""
+    """Wait (bounded) until Octavia lists the OVN provider; restart it (agent, then API) once
+    when it came up without the provider or was running but is not answering."""
     catalog, progress = starter.catalog, starter.progress
     api = catalog["octavia-api"]
     watched = (catalog["octavia-driver-agent"], api)
     for attempt in (1, 2):
         fresh = api.name in starter.started
         last = _wait_octavia_once(watched, timeout=READY_TIMEOUT if fresh
-                                  else RUNNING_NEUTRON_GRACE)
+                                  else RUNNING_OCTAVIA_GRACE)
         if last.healthy:
             progress(last.detail)
             return
         if attempt == 2:
             raise commands.failure("waiting for the Octavia API to list the ovn provider",
                                    last.detail, api.log)
-        progress(f"Octavia API not healthy ({last.detail}): restarting it")
-        starter.started.discard(api.name)
-        _stop((api,), progress)
-        _start_octavia(cloud, starter, restart=False)
+        progress(f"Octavia not healthy ({last.detail}): restarting its driver agent and API")
+        starter.started.difference_update(s.name for s in watched)
+        _start_octavia(cloud, starter, restart=True)
 
 
 def _wait_octavia_once(watched: tuple[services.Service, ...], *,

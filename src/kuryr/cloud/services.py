@@ -142,7 +142,9 @@ def catalog(cloud: layout.CloudLayout) -> tuple[Service, ...]:
                   "--config-file", str(cloud.octavia_conf)),
             pidfile=cloud.pidfile("octavia-driver-agent"), log=cloud.log("octavia-driver-agent"),
             signature=(str(cloud.octavia_agent_wrapper), str(cloud.octavia_conf)),
-            member_signature=(str(cloud.octavia_agent_wrapper),), env=tools,
+            # Its listeners, their request handlers and the provider agent retitle
+            # themselves "octavia-driver-agent - <role>".
+            member_signature=("octavia-driver-agent",), env=tools,
             cwd=cloud.octavia_dir, stop_timeout=15.0),
         Service(
             name="octavia-api",

@@ -39,6 +39,10 @@ Observer = Callable[[str, str, float], None]
 # growing to a cap that keeps one waiter at most 2 requests a second.
 _FIRST_POLL = 0.05
 _MAX_POLL = 0.5
+# How long a load balancer that takes changes again is waited for while something on it is
+# still PENDING_*: Octavia does not refuse changes for a pending member, and a member the
+# provider never reports on must not block every later change.
+_CHILDREN_GRACE = 30.0
 
 
 class Octavia:
@@ -168,11 +172,13 @@ class Octavia:
         as one request per kind of change (create, update, delete) and marks the load balancer
         ACTIVE after the first, while members of the next are still PENDING_*; a change sent
         then would be overwritten by the late status (measured with ovn-octavia-provider 11).
+        Only the load balancer counts once it has taken changes for ``_CHILDREN_GRACE`` s.
         Raises TemporaryError naming what is pending when ``timeout`` passes, NotFoundError
         when the load balancer is gone."""
         deadline = time.monotonic() + timeout
         interval = _FIRST_POLL
         proxy = self._lb
+        settled_at: float | None = None  # when the load balancer itself was no longer pending
 
         def status_tree() -> Any:
             response = proxy.get(f"/lbaas/loadbalancers/{lb_id}/status")
@@ -184,6 +190,13 @@ class Octavia:
                                     f"get status of load balancer {lb_id}", status_tree)
             status, pending = _pending(tree)
             if not pending or status == "ERROR":  # ERROR: nothing on it will change any more
+                return await self.get_load_balancer(lb_id)
+            if status.startswith("PENDING_"):
+                settled_at = None
+            elif settled_at is None:
+                settled_at = time.monotonic()
+            elif time.monotonic() - settled_at >= _CHILDREN_GRACE:
+                LOG.warning("load balancer %s takes changes again, but %s", lb_id, pending[0])
                 return await self.get_load_balancer(lb_id)
             if time.monotonic() >= deadline:
                 raise errors.TemporaryError(
