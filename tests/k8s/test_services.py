@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import pathlib
+import shutil
 import signal
+import socket
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -17,7 +21,8 @@ import pytest
 
 from kuryr import settings
 from kuryr.controller import collecting
-from tests.k8s import backends
+from tests.conftest import unavailable
+from tests.k8s import backends, conftest
 from tests.k8s.backends import Pods, answered_by, ask, cluster_ip, klb_ready, reach
 from tests.k8s.conftest import (
     Cluster,
@@ -191,9 +196,7 @@ async def test_session_affinity_keeps_a_client_on_one_backend(scene: Scene) -> N
     assert cluster.octavia is not None
     [lb] = await scene.octavia_lbs()
     [pool] = await cluster.octavia.list_pools(loadbalancer_id=lb.id)
-    assert pool.session_persistence is not None
-    assert pool.session_persistence["type"] == "SOURCE_IP"
-    assert pool.session_persistence.get("persistence_timeout") == 600
+    assert pool.lb_algorithm == "SOURCE_IP"
 
 
 async def _all_answered(answers_coro: Any) -> list[str] | None:
@@ -240,6 +243,14 @@ async def test_a_service_recreated_with_the_same_cluster_ip_works(scene: Scene) 
     second = backends.create_service(cluster, "again", "svc", selector=labels, clusterIP=vip,
                                      ports=[{"port": 80, "targetPort": 8080}])
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
+
+    def rebuilt() -> bool:
+        klb = cluster.get(k8s.KURYR_LOAD_BALANCERS, "again", "svc") or {}
+        owner = (klb.get("metadata", {}).get("ownerReferences") or [{}])[0].get("uid")
+        return owner == second["metadata"]["uid"] and bool(
+            ((klb.get("status") or {}).get("loadbalancer") or {}).get("id"))
+
+    await eventually(rebuilt, within=90, what="the new Service's load balancer")
     await reach(client.netns, vip, 80, expect={"a1"}, within=90)
     [lb] = await scene.octavia_lbs()
     assert f"kuryr-service-uid={second['metadata']['uid']}" in lb.tags
@@ -310,53 +321,41 @@ async def test_a_controller_killed_while_building_load_balancers_duplicates_and_
 
 
 class Gate:
-    """A TCP forwarder to Octavia on 127.0.0.1 that can be shut (Octavia unreachable)."""
+    """Octavia through a forwarder on 127.0.0.1 (socat, started and ended by this test) that
+    can be shut: Octavia unreachable, connections refused, as when its API is down."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: str = "127.0.0.1:9876") -> None:
         self.target = target
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = conftest.free_port()
+        self._process: subprocess.Popen[bytes] | None = None
 
     async def open(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
+        if shutil.which("socat") is None:
+            unavailable("needs socat (apt-get install socat) to cut Octavia off")
+        self._process = self._spawn()
+        await eventually(lambda: _accepts(self.port), within=10, what="the forwarder")
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork",
+             f"TCP:{self.target}"], start_new_session=True)
 
     async def shut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.close()
+        if self._process is not None and self._process.poll() is None:
+            os.killpg(self._process.pid, signal.SIGKILL)  # with its forked connections
+            await asyncio.to_thread(self._process.wait)
+        self._process = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                sink.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
+def _accepts(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 async def test_services_converge_once_octavia_is_back(cluster: Cluster,
                                                       daemon_and_pods: Pods) -> None:
     cluster, pods = cluster, daemon_and_pods
-    gate = Gate(("127.0.0.1", 9876))
+    gate = Gate()
     await gate.open()
     octavia = dataclasses.replace(cluster.config.octavia,
                                   endpoint_override=f"http://127.0.0.1:{gate.port}/")

@@ -8,8 +8,7 @@ operations on one load balancer are serialised) makes Octavia match its spec:
   everything on it and made again;
 - one listener and pool per Service port and protocol, named after the Service; a port the
   Service no longer has loses its pool and listener; a listener or pool in ERROR is remade;
-  ``sessionAffinity: ClientIP`` is SOURCE_IP session persistence with the Service's timeout
-  (the OVN provider's ``affinity_timeout``);
+  ``sessionAffinity: ClientIP`` hashes by source address only (SOURCE_IP);
 - the members of each pool (``members``), applied with one batch update per pool, only when
   they differ;
 - for type=LoadBalancer, a floating IP on the VIP port (``floating``);
@@ -34,6 +33,7 @@ from kuryr.octavia import client as octavia_client
 from kuryr.octavia import resources as octavia_resources
 
 LOG = logging.getLogger(__name__)
+CLIENT_IP_ALGORITHM = "SOURCE_IP"
 
 
 async def handle_loadbalancer(ctx: context.Context, namespace: str,
@@ -83,8 +83,11 @@ class _Builder:
         return lb
 
     def algorithm(self, spec: dict[str, Any]) -> str:
-        # One algorithm for every load balancer: the OVN provider hashes every pool of one
-        # load balancer the same way. ClientIP affinity is session persistence instead.
+        # The OVN provider hashes every pool of one load balancer the same way, and Octavia
+        # takes a persistence timeout on UDP pools only: ClientIP affinity is the SOURCE_IP
+        # algorithm for the whole load balancer (a change of affinity rebuilds it).
+        if spec.get("sessionAffinity") == "ClientIP":
+            return CLIENT_IP_ALGORITHM
         return self.ctx.config.octavia.lb_algorithm
 
     async def rebuild(self, lb: octavia_resources.LoadBalancer, why: str) -> None:
@@ -185,22 +188,16 @@ class _Builder:
                            listener: octavia_resources.Listener,
                            pools: list[octavia_resources.Pool],
                            spec: dict[str, Any]) -> octavia_resources.Pool:
-        persistence = _persistence(spec)
         for pool in pools:
             if pool.listener_id != listener.id:
                 continue
             if pool.provisioning_status != "ERROR":
-                if _same_persistence(pool.session_persistence, persistence):
-                    return pool
-                pool = await self.octavia.update_pool(pool.id, session_persistence=persistence)
-                await self.settle(lb.id)
-                self.changed = True
                 return pool
             await self.octavia.delete_pool(pool.id)
             await self.settle(lb.id)
         pool = await self.octavia.create_pool(
             listener_id=listener.id, name=f"{self.title}:{port.label}", protocol=port.protocol,
-            lb_algorithm=self.algorithm(spec), session_persistence=persistence, tags=self.tags)
+            lb_algorithm=self.algorithm(spec), tags=self.tags)
         await self.settle(lb.id)
         self.changed = True
         return pool
@@ -242,23 +239,6 @@ class _Builder:
             return next((subnet_id for net, subnet_id in known if ip in net), None)
 
         return find
-
-
-def _persistence(spec: dict[str, Any]) -> dict[str, Any] | None:
-    if spec.get("sessionAffinity") != "ClientIP":
-        return None
-    return {"type": "SOURCE_IP",
-            "persistence_timeout": int(spec.get("sessionAffinityTimeoutSeconds")
-                                       or services.DEFAULT_AFFINITY_TIMEOUT)}
-
-
-def _same_persistence(current: dict[str, Any] | None, wanted: dict[str, Any] | None) -> bool:
-    if not current or not current.get("type"):
-        return wanted is None
-    if wanted is None:
-        return False
-    return bool(current.get("type") == wanted["type"] and current.get(
-        "persistence_timeout") in (None, wanted["persistence_timeout"]))
 
 
 async def _write_status(ctx: context.Context, klb: api.Object,
