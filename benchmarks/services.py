@@ -89,6 +89,7 @@ async def run(runs: int) -> None:
 
     async with making_cluster(config, with_services=True) as cluster:
         env = {**environ(cluster), **UNREACHABLE_NEUTRON, "KURYR_BINDING_HOST": cluster.node}
+        (work / "daemon").mkdir()
         daemon = cni.DaemonProcess(work / "daemon", config_file=None, env=env,
                                    mode="kubernetes")
         daemon.start()
