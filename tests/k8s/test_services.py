@@ -175,6 +175,19 @@ async def test_named_target_ports_that_differ_per_pod_and_several_ports(scene: S
     assert len(klb["spec"]["endpointSlices"]) == 2, "one slice per resolved port set"
     assert {m["port"] for m in klb["status"]["members"]} == {8081, 8082, 9100}
 
+    # A port the Service loses loses its listener and pool; the other keeps working.
+    current = cluster.api.store.get(k8s.SERVICES, "apps", "named")
+    current["spec"]["ports"] = current["spec"]["ports"][:1]
+    cluster.api.store.replace(k8s.SERVICES, "apps", "named", current)
+    klb = await klb_ready(cluster, "apps", "named", members=2)
+    assert [listener["port"] for listener in klb["status"]["listeners"]] == [80]
+    assert cluster.octavia is not None
+    [lb] = await scene.octavia_lbs()
+    assert [(ln.protocol, ln.protocol_port) for ln in
+            await cluster.octavia.list_listeners(loadbalancer_id=lb.id)] == [("TCP", 80)]
+    assert len(await cluster.octavia.list_pools(loadbalancer_id=lb.id)) == 1
+    await reach(client.netns, vip, 80, expect={"n1", "n2"})
+
 
 async def test_session_affinity_keeps_a_client_on_one_backend(scene: Scene) -> None:
     cluster, pods = scene.cluster, scene.pods

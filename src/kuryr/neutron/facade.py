@@ -9,16 +9,14 @@ resource methods: ``client`` (networks, subnets, routers, ports, trunks, tags),
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import functools
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import openstack.connection
 
+from kuryr import calling
 from kuryr.neutron import failures, operations, tagging
 
 LOG = logging.getLogger(__name__)
@@ -51,29 +49,11 @@ class Facade:
             raise failures.translate(e, "connect to Neutron") from e
 
     async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        result = "ok"
-        call = functools.partial(fn, *args, **kwargs)
-        try:
-            try:
-                return await loop.run_in_executor(self._pool, call)
-            except Exception as e:
-                if not failures.is_repeatable(e, what):
-                    raise
-                LOG.info("%s: %s; sending it once more", what, type(e).__name__)
-                await asyncio.sleep(0.1)
-                return await loop.run_in_executor(self._pool, call)
-        except Exception as e:
-            error = failures.translate(e, what)
-            result = type(error).__name__
-            raise error from e
-        except BaseException:  # cancelled: the SDK call may still finish in its thread
-            result = "Cancelled"
-            raise
-        finally:
-            if self._observer is not None:
-                self._observer(operations.operation(what), result, time.monotonic() - started)
+        return await calling.call(self._pool, fn, *args, what=what,
+                                  operation=operations.operation(what),
+                                  translate=failures.translate,
+                                  is_repeatable=failures.is_repeatable,
+                                  observer=self._observer, **kwargs)
 
     def _tags(self, extra: Iterable[str]) -> list[str]:
         return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]

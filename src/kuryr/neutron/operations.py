@@ -4,10 +4,10 @@ library: ``kuryr.neutron.client`` calls the observer an entry point hands it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from kuryr import calling
 
 # (operation, result, seconds); result is "ok", "Cancelled" or the kuryr error class name.
-Observer = Callable[[str, str, float], None]
+Observer = calling.Observer
 
 _WORDS = frozenset({
     "add", "create", "delete", "find", "get", "list", "remove", "tag", "untag", "update",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +24,7 @@ from typing import Any, TypeVar
 import openstack.connection
 from openstack import exceptions as sdk_exceptions
 
-from kuryr import errors
+from kuryr import calling, errors
 from kuryr.octavia import failures, resources
 
 LOG = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ _T = TypeVar("_T")
 
 # (operation, result, seconds), as kuryr.neutron's observer: the operation has few distinct
 # values (no ids), the result is "ok", "Cancelled" or the kuryr error class name.
-Observer = Callable[[str, str, float], None]
+Observer = calling.Observer
 
 # Polling a provisioning status: short first (the OVN provider is done in ~0.3-0.7 s), then
 # growing to a cap that keeps one waiter at most 2 requests a second.
@@ -77,29 +76,10 @@ class Octavia:
                     **kwargs: Any) -> _T:
         """Run ``fn`` in the pool; ``operation`` is what the observer is told ("create
         listener"), ``what`` what errors say ("create listener on load balancer <id>")."""
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        result = "ok"
-        call = functools.partial(fn, *args, **kwargs)
-        try:
-            try:
-                return await loop.run_in_executor(self._pool, call)
-            except Exception as e:
-                if not failures.is_repeatable(e, what):
-                    raise
-                LOG.info("%s: %s; sending it once more", what, type(e).__name__)
-                await asyncio.sleep(0.1)
-                return await loop.run_in_executor(self._pool, call)
-        except Exception as e:
-            error = failures.translate(e, what)
-            result = type(error).__name__
-            raise error from e
-        except BaseException:  # cancelled: the SDK call may still finish in its thread
-            result = "Cancelled"
-            raise
-        finally:
-            if self._observer is not None:
-                self._observer(operation, result, time.monotonic() - started)
+        return await calling.call(self._pool, fn, *args, what=what, operation=operation,
+                                  translate=failures.translate,
+                                  is_repeatable=failures.is_repeatable,
+                                  observer=self._observer, **kwargs)
 
     def _tags(self, extra: Iterable[str]) -> list[str]:
         return [*self.base_tags, *[t for t in extra if t not in self.base_tags]]
