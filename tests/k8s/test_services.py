@@ -154,6 +154,25 @@ async def test_a_cluster_ip_service_on_octavia_follows_its_backends_and_goes_cle
     assert all(a.startswith("fail") for a in failed), failed
 
 
+async def test_pods_made_before_the_cluster_had_services_get_the_service_group(
+        cluster: Cluster) -> None:
+    async with running_controller(cluster, service_subnet=None):
+        cluster.create_namespace("early")
+        cluster.create_pod("early", "p")
+        vif = await eventually(lambda: cluster.vif("early", "p"), what="VIF", within=60)
+    before = await cluster.neutron.get_port(str(vif["port_id"]))
+    assert len(before.security_group_ids) == 1  # the project's default group only
+    async with running_controller(cluster):
+        [group] = await cluster.neutron.list_security_groups(
+            tags=list(cluster.neutron.base_tags))
+
+        async def adopted() -> bool:
+            port = await cluster.neutron.get_port(str(vif["port_id"]))
+            return set(port.security_group_ids) == {*before.security_group_ids, group.id}
+
+        await eventually(adopted, within=30, what="the pod port with the Service group")
+
+
 async def test_named_target_ports_that_differ_per_pod_and_several_ports(scene: Scene) -> None:
     cluster, pods = scene.cluster, scene.pods
     await scene.namespace("apps")

@@ -187,12 +187,13 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
 
 
 async def _make_service_group(ctx: context.Context, stop: asyncio.Event) -> bool:
-    """Find or make the Service security group before any pod port is placed; retried
-    until it works or ``stop`` is set (False)."""
+    """Find or make the Service security group before any pod port is placed, and give it to
+    the pod ports that lack it; retried until it works or ``stop`` is set (False)."""
     delay = 1.0
     while not stop.is_set():
         try:
             await servicegroups.ensure_group(ctx)
+            await servicegroups.adopt_ports(ctx)
             return True
         except errors.KuryrError as e:
             LOG.warning("cannot make the Service security group: %s; retrying in %.0f s",

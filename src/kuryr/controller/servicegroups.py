@@ -19,6 +19,8 @@ import logging
 from typing import Any
 
 from kuryr.controller import context, members, services
+from kuryr.pools import nodes
+from kuryr.ports import lifecycle
 
 LOG = logging.getLogger(__name__)
 Rule = tuple[str, str | None, int | None, int | None, str]  # ethertype, proto, min, max, cidr
@@ -42,6 +44,28 @@ async def ensure_group(ctx: context.Context) -> None:
     ctx.services_group = await neutron.create_security_group(
         group_name(ctx), description="kuryr: Service traffic to pods", tags=[tag])
     LOG.info("security group %s: %s", group_name(ctx), ctx.services_group.id)
+
+
+async def adopt_ports(ctx: context.Context) -> int:
+    """Give the Service group to the cluster's pod ports that lack it (made before the
+    cluster had Services, or by an older kuryr), keeping the groups they have: one list, one
+    update per such port; returns how many. Pool ports are left alone: their pool key names
+    their groups, so they are retired and replaced. Raises TemporaryError, PermanentError."""
+    group = ctx.services_group
+    if group is None:
+        return 0
+    adopted = 0
+    for port in await ctx.neutron.list_ports(tags=list(ctx.neutron.base_tags),
+                                             device_owner=lifecycle.DEVICE_OWNER):
+        if group.id in port.security_group_ids or nodes.pool_node(port) is not None:
+            continue
+        await ctx.neutron.update_port(
+            port.id, security_group_ids=[*port.security_group_ids, group.id])
+        adopted += 1
+    if adopted:
+        LOG.info("security group %s: added to %d pod port(s) made without it",
+                 group_name(ctx), adopted)
+    return adopted
 
 
 def desired_rules(ctx: context.Context) -> set[Rule]:
