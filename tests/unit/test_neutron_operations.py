@@ -15,6 +15,11 @@ from kuryr.neutron import operations
     ("tag port 8c1e", "tag port"),
     ("list ports", "list ports"),
     ("create network k8s-default-uid", "create network"),
+    ("create floating ip on network 9d", "create floating ip"),
+    ("list floating ips", "list floating ips"),
+    ("delete floating ip 77", "delete floating ip"),
+    ("set gateway of router 2b", "set gateway"),
+    ("list security groups", "list security groups"),
     ("connect to Neutron", "other"),
 ])
 def test_operation_names_leave_ids_and_names_out(what: str, expected: str) -> None:
