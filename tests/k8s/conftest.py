@@ -246,9 +246,8 @@ async def making_cluster(cloud_config: settings.KuryrSettings, *,
         await _remove_cluster(neutron, cloud_config)
         if service_net is not None:
             await neutron.clear_router_gateway(router.id)
-            for subnet_id in service_net.subnet_ids or [
-                    s.id for s in await neutron.list_subnets(network_id=service_net.id)]:
-                await neutron.remove_router_interface(router.id, subnet_id)
+            for subnet in await neutron.list_subnets(network_id=service_net.id):
+                await neutron.remove_router_interface(router.id, subnet.id)
             await networks.release_network(neutron, service_net.id)
         await neutron.delete_router(router.id)
         await neutron.delete_subnet_pool(pool.id)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import k8s
 from tests.support.k8s import endpointslices
+from tests.unit.test_k8s_double import call
 
 PODS = "/api/v1/namespaces/default/pods"
 SERVICES = "/api/v1/namespaces/default/services"
@@ -35,14 +36,6 @@ async def api() -> AsyncIterator[k8s.Api]:
 async def http(api: k8s.Api) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(api.url) as session:
         yield session
-
-
-async def call(http: aiohttp.ClientSession, method: str, path: str, body: Any = None, *,
-               expect: int = 200, **kwargs: Any) -> Any:
-    async with http.request(method, path, json=body, **kwargs) as response:
-        payload = await response.json()
-        assert response.status == expect, payload
-        return payload
 
 
 async def make_pod(http: aiohttp.ClientSession, name: str, *, app: str = "web",

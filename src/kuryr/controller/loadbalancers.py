@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kuryr import errors
@@ -153,11 +154,13 @@ class _Builder:
                      and ln.provisioning_status != "ERROR"]
         pools = [p for p in pools if any(p.listener_id == ln.id for ln in listeners)]
         applied = []
+        subnet_of = self._subnet_of()
         for port in wanted:
             listener = await self._ensure_listener(lb, port, listeners, spec)
             pool = await self._ensure_pool(lb, port, listener, pools, spec)
             applied.append({"port": port, "listener": listener, "pool": pool,
-                            "members": await self._ensure_members(lb, port, pool, spec)})
+                            "members": await self._ensure_members(lb, port, pool, spec,
+                                                                  subnet_of)})
         return applied
 
     async def _ensure_listener(self, lb: octavia_resources.LoadBalancer,
@@ -204,8 +207,9 @@ class _Builder:
 
     async def _ensure_members(self, lb: octavia_resources.LoadBalancer,
                               port: members.ServicePort, pool: octavia_resources.Pool,
-                              spec: dict[str, Any]) -> list[octavia_resources.Member]:
-        wanted = members.desired_members(spec, port, subnet_of=self._subnet_of())
+                              spec: dict[str, Any], subnet_of: Callable[[str], str | None]
+                              ) -> list[octavia_resources.Member]:
+        wanted = members.desired_members(spec, port, subnet_of=subnet_of)
         current = await self.octavia.list_members(pool.id)
         if members.same_members(current, wanted):
             return current
@@ -218,7 +222,7 @@ class _Builder:
                  ", ".join(m.name for m in wanted) or "none")
         return await self.octavia.list_members(pool.id)
 
-    def _subnet_of(self) -> Any:
+    def _subnet_of(self) -> Callable[[str], str | None]:
         """A member address's Neutron subnet, from the namespaces' KuryrNetworks (and the
         default pod subnet): no Neutron call. None: not a pod subnet kuryr knows."""
         known: list[tuple[Any, str]] = []
@@ -244,7 +248,6 @@ class _Builder:
 async def _write_status(ctx: context.Context, klb: api.Object,
                         lb: octavia_resources.LoadBalancer, applied: list[dict[str, Any]],
                         pub: dict[str, Any] | None) -> None:
-    spec = klb.get("spec") or {}
     status: dict[str, Any] = {
         "loadbalancer": {"id": lb.id, "ip": lb.vip_address, "name": lb.name,
                          "port_id": lb.vip_port_id, "project_id": lb.project_id,
@@ -263,23 +266,18 @@ async def _write_status(ctx: context.Context, klb: api.Object,
                      "subnet_id": m.subnet_id}
                     for a in applied for m in a["members"]],
     }
-    if pub is not None:
-        status["service_pub_ip_info"] = pub
+    status["service_pub_ip_info"] = pub  # None: removed by the merge patch
     current = klb.get("status") or {}
     meta = klb["metadata"]
-    if any(current.get(k) != v for k, v in status.items()) or (
-            pub is None and current.get("service_pub_ip_info")) or current.get("conditions"):
-        if pub is None:
-            status["service_pub_ip_info"] = None
+    if any(current.get(k) != v for k, v in status.items()) or current.get("conditions"):
         status["conditions"] = None
         await ctx.kube.patch(resources.KURYR_LOAD_BALANCERS, meta["namespace"], meta["name"],
                              {"status": status}, status=True)
-    await _write_service_status(ctx, meta["namespace"], meta["name"],
-                                spec, pub)
+    await _write_service_status(ctx, meta["namespace"], meta["name"], pub)
 
 
 async def _write_service_status(ctx: context.Context, namespace: str, name: str,
-                                spec: dict[str, Any], pub: dict[str, Any] | None) -> None:
+                                pub: dict[str, Any] | None) -> None:
     service = ctx.cached("services", namespace, name)
     if service is None:
         return

@@ -72,11 +72,7 @@ def _slice_port(ports: Iterable[Mapping[str, Any]], port: ServicePort) -> int | 
 
 def same_members(current: Iterable[octavia_resources.Member],
                  wanted: Iterable[octavia_resources.MemberSpec]) -> bool:
-    """Whether a pool already has exactly the wanted members (address, port, subnet)."""
-    have = {(m.address, m.protocol_port, m.subnet_id) for m in current}
-    want = {(m.address, m.protocol_port, m.subnet_id) for m in wanted}
-    # A member sent without a subnet is on the VIP's: Octavia reports that subnet back.
-    loose = {(a, p) for a, p, s in want if s is None}
-    return {(a, p, s) for a, p, s in have if (a, p) not in loose} == \
-        {w for w in want if w[2] is not None} and {(a, p) for a, p, _ in have} == \
-        {(a, p) for a, p, _ in want}
+    """Whether a pool already has exactly the wanted members (address, port, subnet; Octavia
+    reports no subnet for a member sent without one)."""
+    return ({(m.address, m.protocol_port, m.subnet_id) for m in current}
+            == {(m.address, m.protocol_port, m.subnet_id) for m in wanted})
