@@ -28,6 +28,11 @@ class NotFoundError(PermanentError):
     """The resource asked for does not exist."""
 
 
+class ConflictError(PermanentError):
+    """The request conflicts with the resource's present state (already there, not there,
+    in use): the same request fails again; read the state again and decide."""
+
+
 class QuotaExceededError(PermanentError):
     """A quota or address pool is exhausted."""
 

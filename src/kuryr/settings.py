@@ -178,6 +178,9 @@ class KubernetesSettings:
     # and the external network floating IPs of type=LoadBalancer Services come from.
     service_subnet: str | None = None
     external_svc_net: str | None = None
+    # NetworkPolicy as Neutron security groups and address groups (``podgroups``): pods'
+    # ports get kuryr's groups instead of their project's default group.
+    network_policy: bool = False
 
     def __post_init__(self) -> None:
         if self.pod_subnets_driver not in ("namespace", "default"):

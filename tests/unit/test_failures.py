@@ -64,3 +64,36 @@ def test_timeouts_are_temporary() -> None:
 def test_kuryr_errors_pass_through() -> None:
     original = errors.NotFoundError("gone")
     assert failures.translate(original, "x") is original
+
+
+@pytest.mark.parametrize("status, kind, expected", [
+    (400, "AddressesAlreadyExist", failures.AddressesAlreadyInGroupError),
+    (404, "AddressesNotFound", failures.AddressesNotInGroupError),
+    (409, "AddressGroupInUse", failures.InUseError),
+    (409, "SecurityGroupInUse", failures.InUseError),
+    (409, "SubnetInUse", failures.InUseError),
+    (409, "SecurityGroupRuleExists", failures.RuleExistsError),
+    (409, "DuplicateSecurityGroupRuleInPost", errors.PermanentError),
+    (404, "AddressGroupNotFound", errors.NotFoundError),
+])
+def test_faults_callers_branch_on_have_their_own_type(status: int, kind: str,
+                                                      expected: type[errors.KuryrError]) -> None:
+    error = failures.translate(_http_error(status, kind, "the reason"), "x")
+    assert type(error) is expected
+    assert isinstance(error, errors.PermanentError) and not isinstance(error, errors.TemporaryError)
+    assert kind in str(error) and "the reason" in str(error)
+
+
+def test_addresses_not_in_a_group_is_no_missing_group() -> None:
+    error = failures.translate(_http_error(404, "AddressesNotFound", "not found"), "x")
+    assert isinstance(error, errors.ConflictError)
+    assert not isinstance(error, errors.NotFoundError)
+
+
+def test_strict_address_changes_are_never_sent_twice_quotas_are() -> None:
+    reset = ks_exceptions.ConnectFailure("reset")
+    assert not failures.is_repeatable(reset, "add addresses to address group 1")
+    assert not failures.is_repeatable(reset, "remove addresses from address group 1")
+    assert not failures.is_repeatable(reset, "create 3 rules in security group 1")
+    assert failures.is_repeatable(reset, "update quota of project p")
+    assert failures.is_repeatable(reset, "delete address group 1")

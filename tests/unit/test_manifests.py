@@ -115,7 +115,8 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
     informed = {(group, resource, verb) for group, resource in (
         ("", "pods"), ("", "namespaces"), ("", "nodes"), ("", "services"),
         ("discovery.k8s.io", "endpointslices"), ("openstack.org", "kuryrports"),
-        ("openstack.org", "kuryrnetworks"), ("openstack.org", "kuryrloadbalancers"))
+        ("openstack.org", "kuryrnetworks"), ("openstack.org", "kuryrloadbalancers"),
+        ("networking.k8s.io", "networkpolicies"), ("openstack.org", "kuryrnetworkpolicies"))
         for verb in ("get", "list", "watch")}
     assert informed <= granted, informed - granted
     assert {("", "pods", "patch"), ("", "events", "create"),
@@ -125,16 +126,21 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
             ("openstack.org", "kuryrloadbalancers", "create"),
             ("openstack.org", "kuryrloadbalancers", "update"),
             ("openstack.org", "kuryrloadbalancers", "delete"),
-            ("openstack.org", "kuryrloadbalancers/status", "patch")} <= granted
+            ("openstack.org", "kuryrloadbalancers/status", "patch"),
+            ("openstack.org", "kuryrnetworkpolicies", "create"),
+            ("openstack.org", "kuryrnetworkpolicies", "update"),
+            ("openstack.org", "kuryrnetworkpolicies", "delete"),
+            ("openstack.org", "kuryrnetworkpolicies/status", "patch")} <= granted
     assert not {(g, r, v) for g, r, v in granted
-                if r in ("services", "endpointslices") and v not in ("get", "list", "watch")}, \
-        "the controller only reads Services (but their status) and EndpointSlices"
+                if r in ("services", "endpointslices", "networkpolicies")
+                and v not in ("get", "list", "watch")}, \
+        "the controller only reads Services (but their status), EndpointSlices and policies"
     assert not {(g, r, v) for g, r, v in granted
                 if r in ("pods", "namespaces", "nodes") and v in ("create", "delete", "update")}, \
         "the controller never creates, deletes or replaces Pods, Namespaces or Nodes"
     assert {crd["spec"]["names"]["plural"] for crd in DOCS
-            if crd["kind"] == "CustomResourceDefinition"} == {"kuryrports", "kuryrnetworks",
-                                                               "kuryrloadbalancers"}
+            if crd["kind"] == "CustomResourceDefinition"} == {
+                "kuryrports", "kuryrnetworks", "kuryrloadbalancers", "kuryrnetworkpolicies"}
 
 
 def test_daemon_runs_in_kubernetes_mode_on_its_node_without_openstack_credentials() -> None:

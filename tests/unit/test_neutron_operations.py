@@ -20,6 +20,16 @@ from kuryr.neutron import operations
     ("delete floating ip 77", "delete floating ip"),
     ("set gateway of router 2b", "set gateway"),
     ("list security groups", "list security groups"),
+    ("create rule in security group 1a", "create rule"),
+    ("create 12 rules in security group 1a", "create rules"),
+    ("create address group kuryr-c1-ag-0f3e", "create address group"),
+    ("get address group 5e", "get address group"),
+    ("list address groups", "list address groups"),
+    ("add addresses to address group 5e", "add addresses"),
+    ("remove addresses from address group 5e", "remove addresses"),
+    ("delete address group 5e", "delete address group"),
+    ("get quota of project fake_project_id", "get quota"),
+    ("update quota of project 0c2d", "update quota"),
     ("connect to Neutron", "other"),
 ])
 def test_operation_names_leave_ids_and_names_out(what: str, expected: str) -> None:

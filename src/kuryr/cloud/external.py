@@ -5,8 +5,8 @@ bridge ``br-ex`` mapped to the physical network ``public``, Neutron's external n
 external gateway address: from there floating IPs are reachable as from outside the cloud.
 
 Owns those names, addresses and Neutron requests (plain REST with urllib under noauth, found
-by name before anything is created). Does not start daemons; needs Open vSwitch and a
-healthy Neutron.
+by name before anything is created; ``neutron_request`` also serves ``provisioning``). Does
+not start daemons; needs Open vSwitch and a healthy Neutron.
 """
 
 from __future__ import annotations
@@ -68,23 +68,23 @@ def ensure_network(cloud: layout.CloudLayout) -> str:
     """
     network = _find("networks", name=NETWORK_NAME)
     if network is None:
-        network = _request("POST", "networks", {"network": {
+        network = neutron_request("POST", "networks", {"network": {
             "name": NETWORK_NAME, "router:external": True, "shared": False,
             "provider:network_type": "flat",
             "provider:physical_network": layout.PHYSICAL_NETWORK}})["network"]
     network_id = str(network["id"])
     if _find("subnets", name=SUBNET_NAME, network_id=network_id) is None:
-        _request("POST", "subnets", {"subnet": {
+        neutron_request("POST", "subnets", {"subnet": {
             "name": SUBNET_NAME, "network_id": network_id, "ip_version": 4,
             "cidr": str(CIDR), "gateway_ip": str(GATEWAY), "enable_dhcp": False,
             "allocation_pools": [{"start": POOL[0], "end": POOL[1]}]}})
     gateway = {"network_id": network_id}
     router = _find("routers", name=ROUTER_NAME)
     if router is None:
-        _request("POST", "routers", {"router": {"name": ROUTER_NAME,
+        neutron_request("POST", "routers", {"router": {"name": ROUTER_NAME,
                                                 "external_gateway_info": gateway}})
     elif (router.get("external_gateway_info") or {}).get("network_id") != network_id:
-        _request("PUT", f"routers/{router['id']}",
+        neutron_request("PUT", f"routers/{router['id']}",
                  {"router": {"external_gateway_info": gateway}})
     if rendering.external_network_id(cloud) != network_id:
         cloud.external_network_file.write_text(network_id + "\n", encoding="utf-8")
@@ -157,12 +157,14 @@ def outside_state() -> OutsideState:
 
 
 def _find(collection: str, **query: str) -> dict[str, Any] | None:
-    found = _request("GET", f"{collection}?{urllib.parse.urlencode(query)}")[collection]
+    found = neutron_request("GET", f"{collection}?{urllib.parse.urlencode(query)}")[collection]
     return found[0] if found else None
 
 
-def _request(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One Neutron request (noauth: every request is admin); its JSON answer."""
+def neutron_request(method: str, path: str,
+                    body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One request to the local Neutron (noauth: every request is admin), ``path`` under
+    ``/v2.0/``; its JSON answer. Raises CloudError naming the request."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{layout.NEUTRON_URL}v2.0/{path}", data=data, method=method,

@@ -3,9 +3,9 @@ points clients at it.
 
 Owns the order of things: install, render, start what is not running (restarting what depends
 on something restarted), wait until the Neutron API lists this host's OVN Controller agent
-alive, make the external network and the outside namespace, and wait until Octavia lists the
-OVN provider. ``up`` on a healthy cloud returns after one look at the pidfiles and two HTTP
-requests;
+alive, make the external network and the outside namespace, raise the project's quotas (once),
+and wait until Octavia lists the OVN provider. ``up`` on a healthy cloud returns after one look
+at the pidfiles and two HTTP requests (and the quotas' marker);
 after a crash or a reboot it starts what is dead. ``up`` and ``down`` hold a lock in the state
 directory so that two of them never interleave.
 """
@@ -87,6 +87,7 @@ def up(cloud: layout.CloudLayout, *, progress: Progress = _quiet) -> CloudStatus
     with _locked(cloud, progress):
         catalog = {s.name: s for s in services.catalog(cloud)}
         if _is_up(cloud, catalog):
+            _ensure_quotas(cloud, progress)
             progress("the local cloud is already up")
             return status(cloud)
         _bring_up(cloud, catalog, progress)
@@ -200,7 +201,15 @@ def _bring_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
         progress(f"made the outside namespace {layout.OUTSIDE_NETNS} on {external.GATEWAY}")
     rendering.render(cloud)  # kuryr.conf names the external network now
     progress(f"external network {external.NETWORK_NAME}: {network}")
+    _ensure_quotas(cloud, progress)
     _wait_octavia(cloud, starter)
+
+
+def _ensure_quotas(cloud: layout.CloudLayout, progress: Progress) -> None:
+    raised = provisioning.ensure_quotas(cloud)
+    if raised:
+        progress(f"raised the quotas of {provisioning.PROJECT_ID}: " +
+                 ", ".join(f"{name} {limit}" for name, limit in raised.items()))
 
 
 def _start_octavia(cloud: layout.CloudLayout, starter: _Starter, *, restart: bool) -> None:

@@ -1,22 +1,23 @@
 """One-time and every-start setup of the local cloud's data: the OVSDB files of Open vSwitch and
 OVN, this chassis' identity and integration bridge, MariaDB's datadir, Neutron's and Octavia's
-databases, users and schemas.
+databases, users and schemas, and the quotas of the cloud's project.
 
 Owns what goes into the databases. Each step is idempotent; the slow one-time steps
 (``mariadb-install-db``, ``neutron-db-manage upgrade heads``, ``octavia-db-manage upgrade
-head``) leave a marker and are skipped
+head``) and the quotas leave a marker and are skipped
 when it is there. Does not start daemons (``services``) nor write configuration
 (``rendering``).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import uuid
 from collections.abc import Callable
 
-from kuryr.cloud import commands, installing, layout, rendering
+from kuryr.cloud import commands, external, installing, layout, rendering
 
 VSWITCH_SCHEMA = pathlib.Path("/usr/share/openvswitch/vswitch.ovsschema")
 OVN_NB_SCHEMA = pathlib.Path("/usr/share/ovn/ovn-nb.ovsschema")
@@ -25,6 +26,12 @@ MARIADB_MARKER = "mariadb-installed"
 MIGRATED_MARKER = "neutron-db-migrated"
 OCTAVIA_DB_MARKER = "octavia-db-created"
 OCTAVIA_MIGRATED_MARKER = "octavia-db-migrated"
+QUOTAS_MARKER = "neutron-quotas"
+# Under noauth every request acts in this project (there is no Keystone to make others).
+PROJECT_ID = "fake_project_id"
+# The least limits the project gets, by Neutron's names. NetworkPolicy makes a security group
+# per policy and rules per peer: Neutron's defaults (10 groups, 100 rules) are soon met.
+QUOTAS = {"security_group": 200, "security_group_rule": 2000}
 
 Progress = Callable[[str], None]
 
@@ -184,3 +191,25 @@ def ensure_octavia_schema(cloud: layout.CloudLayout, *, progress: Progress) -> N
                  step="octavia-db-manage upgrade head", log=cloud.log("octavia-db-manage"),
                  timeout=600)
     marker.write_text(installing.OCTAVIA_VERSION + "\n", encoding="utf-8")
+
+
+def ensure_quotas(cloud: layout.CloudLayout) -> dict[str, int]:
+    """Raise the project's quotas to at least ``QUOTAS`` (a higher or unlimited one stays);
+    the limits it raised (none: nothing sent). Done once: the marker records what was
+    ensured, so a later ``up`` reads one file and sends nothing (a quota lowered by hand
+    afterwards stays lowered). Needs a healthy Neutron. Raises CloudError when Neutron refuses.
+    """
+    marker = cloud.marker(QUOTAS_MARKER)
+    ensured = json.dumps(QUOTAS, sort_keys=True)
+    try:
+        if marker.read_text(encoding="utf-8").strip() == ensured:
+            return {}
+    except FileNotFoundError:
+        pass
+    current = external.neutron_request("GET", f"quotas/{PROJECT_ID}")["quota"]
+    low = {name: least for name, least in QUOTAS.items()
+           if 0 <= int(current.get(name, 0)) < least}
+    if low:
+        external.neutron_request("PUT", f"quotas/{PROJECT_ID}", {"quota": low})
+    marker.write_text(ensured + "\n", encoding="utf-8")
+    return low

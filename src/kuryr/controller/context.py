@@ -5,6 +5,7 @@ into Kubernetes (finalizers, annotations, tags), shared by the handlers."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ POD_FINALIZER = "kuryr.openstack.org/pod-finalizer"
 PORT_FINALIZER = "kuryr.openstack.org/kuryrport-finalizer"
 NETWORK_FINALIZER = "kuryr.openstack.org/kuryrnetwork-finalizer"
 LOADBALANCER_FINALIZER = "kuryr.openstack.org/kuryrloadbalancer-finalizers"  # upstream's
+POLICY_FINALIZER = "kuryr.openstack.org/networkpolicy-finalizer"  # upstream's
 PROJECT_ANNOTATION = "openstack.org/kuryr-project"
 NODE_LABEL = resources.NODE_LABEL
 ROUTER_INTERFACE = "network:router_interface"
@@ -41,6 +43,16 @@ def cluster_services_tag() -> str:
     return tagging.owner("role", "services")
 
 
+def cluster_role_tag(role: str) -> str:
+    """The owner tag of one of the cluster's own security groups (``podgroups``)."""
+    return tagging.owner("role", role)
+
+
+def policy_tag(policy_uid: str) -> str:
+    """The owner tag of a NetworkPolicy's security groups."""
+    return tagging.owner("policy-uid", policy_uid)
+
+
 def namespace_tag(namespace_uid: str) -> str:
     """The owner tag of a namespace's Neutron network and subnet."""
     return tagging.owner("namespace-uid", namespace_uid)
@@ -54,6 +66,14 @@ class Claim:
     port_id: str
     vif: dict[str, object]
     pooled: nodes.PooledPort | None = None
+
+
+@dataclasses.dataclass
+class AddressGroupState:
+    """An address group of the cluster: its ID and the CIDRs it holds (canonical)."""
+
+    id: str
+    addresses: set[str]
 
 
 @dataclasses.dataclass
@@ -82,6 +102,12 @@ class Context:
     # The cluster's Service security group, and the groups of pod ports by project.
     services_group: neutron_resources.SecurityGroup | None = None
     pod_groups: dict[str | None, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # With [kubernetes] network_policy: the allow-all groups by direction (``podgroups``) and
+    # the cluster's address groups as last seen in Neutron (``addressgroups``).
+    allow_groups: dict[str, neutron_resources.SecurityGroup] = dataclasses.field(
+        default_factory=dict)
+    address_groups: dict[str, AddressGroupState] | None = None
+    address_group_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
     def cached(self, plural: str, namespace: str | None, name: str) -> api.Object | None:
         return self.informers[plural].get(namespace, name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from kuryr.controller import context
+from kuryr.controller import context, podgroups
 from kuryr.k8s import api
 from kuryr.neutron import resources
 
@@ -72,12 +72,15 @@ async def every(ctx: context.Context) -> set[Placement]:
 
 
 async def _with_groups(ctx: context.Context, placement: Placement) -> Placement:
-    """The placement with its ports' security groups: with Services, the project's
-    ``default`` group and the cluster's Service group (``servicegroups``); else Neutron's
-    default. Raises TemporaryError."""
+    """The placement with its ports' security groups: with NetworkPolicy, the groups of a
+    port no policy isolates (``podgroups``; a pod's own are set when it gets its port); with
+    Services, the project's ``default`` group and the cluster's Service group
+    (``servicegroups``); else Neutron's default. Raises TemporaryError."""
     group = ctx.services_group
     if group is None:
         return placement
+    if podgroups.is_on(ctx):  # NetworkPolicy: kuryr's groups, never the project's default
+        return dataclasses.replace(placement, security_group_ids=podgroups.unisolated(ctx))
     project = placement.project_id or group.project_id
     groups = ctx.pod_groups.get(project)
     if groups is None:

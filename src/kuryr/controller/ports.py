@@ -23,12 +23,13 @@ pool: nothing here knows when the node has unplugged a deleted pod's port.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from kuryr import errors
-from kuryr.controller import context, placing
+from kuryr.controller import context, placing, podgroups
 from kuryr.k8s import api, resources
 from kuryr.neutron import resources as neutron_resources
 from kuryr.pools import nodes
@@ -123,14 +124,29 @@ async def _claim(ctx: context.Context, kuryr_port: api.Object, placement: placin
                  pod_uid: str) -> context.Claim:
     """A port for the pod: a ready one of its node's pool, else a new one."""
     node = str(kuryr_port["spec"].get("podNodeName") or "")
+    meta = kuryr_port["metadata"]
+    wanted = placement.security_group_ids
+    if podgroups.is_on(ctx):
+        pod = ctx.cached("pods", meta["namespace"], meta["name"])
+        if pod is not None:
+            wanted = podgroups.of_pod(ctx, pod)
     if ctx.pool is not None and ctx.pool.size > 0:
         taken = ctx.pool.take(pool_key(placement, node))
         ctx.metrics.pool_takes.labels("hit" if taken else "miss").inc()
         if taken is not None:
-            meta = kuryr_port["metadata"]
             LOG.info("pod %s/%s: pool port %s", meta["namespace"], meta["name"], taken.port.id)
+            if wanted is not None and set(wanted) != set(taken.port.security_group_ids):
+                # The pod's policies apply before its VIF is written, so before CNI ADD.
+                try:
+                    await ctx.neutron.update_port(taken.port.id,
+                                                  security_group_ids=list(wanted))
+                except BaseException:
+                    await ctx.neutron.delete_port(taken.port.id)  # never handed to anyone
+                    raise
             return context.Claim(taken.port.id, _vif_dict(taken.vif, is_active=False),
                                  pooled=taken)
+    if wanted != placement.security_group_ids:
+        placement = dataclasses.replace(placement, security_group_ids=wanted)
     port = await _ensure_port(ctx, kuryr_port, placement, pod_uid)
     vif = await ctx.neutron.vif_for_port(port)
     return context.Claim(port.id, _vif_dict(vif, is_active=port.is_active))
@@ -175,6 +191,10 @@ async def _follow(ctx: context.Context, kuryr_port: api.Object, port_id: str,
         await ctx.kube.patch(resources.KURYR_PORTS, meta["namespace"], meta["name"],
                              {"status": {"vifs": None}}, status=True)
         return None
+    if podgroups.is_on(ctx):
+        pod = ctx.cached("pods", meta["namespace"], meta["name"])
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            await podgroups.apply(ctx, port, pod)
     # Rewriting the owner in Neutron waits until the pod has its network, or has waited
     # ADOPT_AFTER (a controller that restarted knows no wait): on a busy Neutron the update
     # would slow the very ACTIVE the pod waits for. Meanwhile the status records the owner.

@@ -23,12 +23,15 @@ import time
 from kuryr import errors, settings
 from kuryr.controller import (
     activating,
+    addressgroups,
     collecting,
     context,
     leading,
     loadbalancers,
     networks,
     observing,
+    podgroups,
+    policies,
     pooling,
     ports,
     reacting,
@@ -45,12 +48,16 @@ _WATCHED = (resources.NAMESPACES, resources.NODES, resources.KURYR_NETWORKS, res
             resources.KURYR_PORTS)
 _SERVICES_WATCHED = (resources.SERVICES, resources.ENDPOINT_SLICES,
                      resources.KURYR_LOAD_BALANCERS)
+_POLICIES_WATCHED = (resources.NETWORK_POLICIES, resources.KURYR_NETWORK_POLICIES)
 _POOLS: reacting.Key = ("pools", "", "")  # keeping the port pools: one key for all
 _SERVICE_RULES: reacting.Key = ("servicerules", "", "")  # the Service security group's rules
+_ADDRESS_GROUPS: reacting.Key = ("addressgroups", "", "")  # every address group's members
 # The informer and kind of the object a reactor key names.
 _KINDS = {"pod": resources.PODS, "kuryrport": resources.KURYR_PORTS,
           "namespace": resources.NAMESPACES, "kuryrnetwork": resources.KURYR_NETWORKS,
-          "service": resources.SERVICES, "kuryrloadbalancer": resources.KURYR_LOAD_BALANCERS}
+          "service": resources.SERVICES, "kuryrloadbalancer": resources.KURYR_LOAD_BALANCERS,
+          "networkpolicy": resources.NETWORK_POLICIES,
+          "kuryrnetworkpolicy": resources.KURYR_NETWORK_POLICIES}
 
 
 async def run(config: settings.KuryrSettings, *, stop: asyncio.Event,
@@ -108,6 +115,7 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
     """Lead until ``stop`` is set: list and watch, reconcile every object, react."""
     neutron = client.Neutron.from_settings(config, observer=metrics.observe_neutron)
     with_services = bool(config.kubernetes.service_subnet)
+    with_policy = config.kubernetes.network_policy
     octavia = None
     if with_services:
         octavia = octavia_client.Octavia(
@@ -144,7 +152,8 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
         if started.is_set():
             _route(ctx, plural, namespace, name)
 
-    for resource in (*_WATCHED, *(_SERVICES_WATCHED if with_services else ())):
+    for resource in (*_WATCHED, *(_SERVICES_WATCHED if with_services else ()),
+                     *(_POLICIES_WATCHED if with_policy else ())):
         ctx.informers[resource.plural] = watching.Informer(
             kube, resource, on_change=functools.partial(changed, resource.plural))
     try:
@@ -154,7 +163,8 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
             for informer in ctx.informers.values():
                 await informer.synced.wait()
             if not await pooling.start(ctx, stop) or (
-                    with_services and not await _make_service_group(ctx, stop)):
+                    (with_services or with_policy)
+                    and not await _make_cluster_groups(ctx, stop)):
                 for task in tasks:
                     task.cancel()
                 return
@@ -162,8 +172,10 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
             for plural, informer in ctx.informers.items():
                 for namespace, name in list(informer.objects):
                     _route(ctx, plural, namespace, name)
-            if with_services:
+            if with_services or with_policy:
                 ctx.reactor.trigger(_SERVICE_RULES)
+            if with_policy:
+                ctx.reactor.trigger(_ADDRESS_GROUPS)
             LOG.info("kuryr controller acting: %d pods, %d namespaces",
                      len(ctx.informers["pods"].objects),
                      len(ctx.informers["namespaces"].objects))
@@ -186,13 +198,16 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
             octavia.close()
 
 
-async def _make_service_group(ctx: context.Context, stop: asyncio.Event) -> bool:
-    """Find or make the Service security group before any pod port is placed, and give it to
+async def _make_cluster_groups(ctx: context.Context, stop: asyncio.Event) -> bool:
+    """Find or make the cluster's security groups before any pod port is placed (the
+    Service group, and with NetworkPolicy the allow-all ones), and give the Service group to
     the pod ports that lack it; retried until it works or ``stop`` is set (False)."""
     delay = 1.0
     while not stop.is_set():
         try:
             await servicegroups.ensure_group(ctx)
+            if podgroups.is_on(ctx):
+                await podgroups.ensure_allow_groups(ctx)
             await servicegroups.adopt_ports(ctx)
             return True
         except errors.KuryrError as e:
@@ -245,6 +260,47 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
         trigger(("kuryrloadbalancer", namespace, name))
         trigger(("service", namespace, name))
         trigger(_SERVICE_RULES)
+    if "networkpolicies" in ctx.informers:
+        _route_policies(ctx, plural, namespace, name)
+
+
+def _route_policies(ctx: context.Context, plural: str, namespace: str, name: str) -> None:
+    """Which NetworkPolicy handlers a change concerns: a pod's groups (``kuryrport``), the
+    address groups (one key), a policy's variants, and the translations that depend on pods
+    and Services (policies with egress rules: named ports, Service VIPs)."""
+    trigger = ctx.reactor.trigger
+
+    def pods_of(ns: str) -> None:
+        for pod in ctx.informers["pods"].in_namespace(ns):
+            trigger(("kuryrport", ns, pod["metadata"]["name"]))
+
+    def with_egress() -> None:
+        for policy in ctx.informers["networkpolicies"].objects.values():
+            if (policy.get("spec") or {}).get("egress"):
+                meta = policy["metadata"]
+                trigger(("networkpolicy", meta["namespace"], meta["name"]))
+
+    if plural == "pods":
+        trigger(("kuryrport", namespace, name))
+        trigger(_ADDRESS_GROUPS)
+        for policy in ctx.informers["networkpolicies"].in_namespace(namespace):
+            trigger(("kuryrnetworkpolicy", namespace, policy["metadata"]["name"]))
+        with_egress()
+    elif plural in ("kuryrports", "namespaces"):
+        trigger(_ADDRESS_GROUPS)
+        with_egress()
+    elif plural == "nodes":
+        trigger(_ADDRESS_GROUPS)
+    elif plural == "networkpolicies":
+        trigger(("networkpolicy", namespace, name))
+        pods_of(namespace)
+    elif plural == "kuryrnetworkpolicies":
+        trigger(("kuryrnetworkpolicy", namespace, name))
+        trigger(("networkpolicy", namespace, name))
+        trigger(_ADDRESS_GROUPS)
+        pods_of(namespace)
+    elif plural in ("kuryrloadbalancers", "endpointslices"):
+        with_egress()
 
 
 async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
@@ -265,6 +321,12 @@ async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
         return await loadbalancers.handle_loadbalancer(ctx, namespace, name)
     if kind == "servicerules":
         return await servicegroups.handle_rules(ctx)
+    if kind == "networkpolicy":
+        return await policies.handle_policy(ctx, namespace, name)
+    if kind == "kuryrnetworkpolicy":
+        return await policies.handle_kuryrpolicy(ctx, namespace, name)
+    if kind == "addressgroups":
+        return await addressgroups.handle(ctx)
     raise errors.PermanentError(f"no handler for {kind}")
 
 
@@ -280,12 +342,15 @@ async def _report(ctx: context.Context, key: reacting.Key,
     obj = {"apiVersion": resource.api_version, "kind": resource.kind, **obj}
     reason = type(error).__name__
     await ctx.kube.post_event(obj, reason=reason, message=str(error))
-    if kind == "kuryrport":
-        pod = ctx.cached("pods", namespace, name)
-        if pod is not None:
-            await ctx.kube.post_event({"apiVersion": "v1", "kind": "Pod", **pod},
+    if kind in ("kuryrport", "kuryrnetworkpolicy"):  # and on what the user made
+        owner = (ctx.cached("pods", namespace, name) if kind == "kuryrport"
+                 else ctx.cached("networkpolicies", namespace, name))
+        if owner is not None:
+            kind_of = ("v1", "Pod") if kind == "kuryrport" else ("networking.k8s.io/v1",
+                                                                 "NetworkPolicy")
+            await ctx.kube.post_event({"apiVersion": kind_of[0], "kind": kind_of[1], **owner},
                                       reason=reason, message=str(error))
-    if kind in ("kuryrport", "kuryrnetwork", "kuryrloadbalancer"):
+    if kind in ("kuryrport", "kuryrnetwork", "kuryrloadbalancer", "kuryrnetworkpolicy"):
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         condition = {"type": "Failed", "status": "True", "reason": reason,
                      "message": str(error)[:1000], "lastTransitionTime": stamp}

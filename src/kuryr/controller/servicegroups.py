@@ -1,29 +1,31 @@
-"""The security group that lets Service traffic reach pods: ``kuryr-services-<cluster>``.
+"""The cluster group, on every pod port: ``kuryr-services-<cluster>``.
 
 With the OVN provider a member sees the client's own address (and, for a pod reaching itself
 through its Service, the VIP), so the security groups of the members' ports must admit it.
-Every pod port of a cluster with Services gets two groups: its project's ``default`` group
-(what it had without Services) and this one, which holds only ingress rules:
+Every pod port of a cluster with Services gets its project's ``default`` group (what it had
+without Services; with NetworkPolicy, kuryr's groups instead, ``podgroups``) and this one,
+which holds only ingress rules:
 - any protocol from the service subnet (hairpin traffic, from the VIP);
 - for each type=LoadBalancer Service, its protocols and resolved target ports from its
   ``loadBalancerSourceRanges`` (else from anywhere): clients outside the cluster, through the
-  floating IP.
-Rules are compared in Neutron's canonical form and the group is made to match in one
-reconcile of all Services (one key), so shared ports never collide on Neutron's duplicate check.
+  floating IP;
+- with ``[kubernetes] network_policy``, any protocol from the nodes' address group (the
+  kubelet's probes reach every pod, as the NetworkPolicy spec requires).
+It has no egress rule (Neutron's default ones are removed). Rules are compared in Neutron's
+canonical form (``sgrules``) and the group is made to match in one reconcile of all Services
+(one key), so shared ports never collide on Neutron's duplicate check.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any
 
-from kuryr.controller import context, members, services
+from kuryr.controller import addressgroups, context, members, policyspec, services, sgrules
 from kuryr.pools import nodes
 from kuryr.ports import lifecycle
 
 LOG = logging.getLogger(__name__)
-Rule = tuple[str, str | None, int | None, int | None, str]  # ethertype, proto, min, max, cidr
 
 
 def group_name(ctx: context.Context) -> str:
@@ -68,12 +70,21 @@ async def adopt_ports(ctx: context.Context) -> int:
     return adopted
 
 
-def desired_rules(ctx: context.Context) -> set[Rule]:
-    """The ingress rules every Service of the cluster needs, canonical."""
-    rules: set[Rule] = set()
+def desired_rules(ctx: context.Context, nodes_group_id: str | None = None
+                  ) -> set[sgrules.Rule]:
+    """The ingress rules the cluster group needs, canonical: from the service subnet and the
+    LoadBalancer Services' sources (with Services), from the nodes' address group (with
+    NetworkPolicy)."""
+    rules: set[sgrules.Rule] = set()
+    if nodes_group_id is not None:
+        rules |= {sgrules.canonical("ingress", ethertype,
+                                    remote_address_group_id=nodes_group_id)
+                  for ethertype in ("IPv4", "IPv6")}
+    if ctx.octavia is None:
+        return rules
     subnet = ctx.service_subnet
     if subnet is not None:
-        rules.add(_canonical(None, None, None, subnet.cidr))
+        rules.add(_ingress(None, None, None, subnet.cidr))
     for klb in ctx.informers["kuryrloadbalancers"].objects.values():
         spec = klb.get("spec") or {}
         if klb["metadata"].get("deletionTimestamp") or spec.get("type") != "LoadBalancer":
@@ -82,48 +93,35 @@ def desired_rules(ctx: context.Context) -> set[Rule]:
         for port in members.service_ports(spec):
             for member in members.desired_members(spec, port, subnet_of=lambda _: None):
                 for cidr in sources:
-                    rules.add(_canonical(port.protocol.lower(), member.protocol_port,
-                                         member.protocol_port, cidr))
+                    rules.add(_ingress(port.protocol, member.protocol_port,
+                                       member.protocol_port, cidr))
     return rules
 
 
-def _canonical(protocol: str | None, low: int | None, high: int | None, cidr: str) -> Rule:
+def _ingress(protocol: str | None, low: int | None, high: int | None,
+             cidr: str) -> sgrules.Rule:
     network = ipaddress.ip_network(cidr, strict=False)
-    if (low, high) == (1, 65535):
-        low = high = None
-    return (f"IPv{network.version}", protocol, low, high, str(network))
-
-
-def _existing(rule: Any) -> Rule | None:
-    if rule.direction != "ingress" or rule.remote_group_id or not rule.remote_ip_prefix:
-        return None
-    return _canonical(rule.protocol, rule.port_range_min, rule.port_range_max,
-                      rule.remote_ip_prefix)
+    return sgrules.canonical("ingress", f"IPv{network.version}", protocol, low, high,
+                             str(network))
 
 
 async def handle_rules(ctx: context.Context) -> float | None:
-    """Make the group's ingress rules match what the Services need."""
-    if ctx.octavia is None or not ctx.config.kubernetes.service_subnet:
+    """Make the group's rules match what the Services (and, with NetworkPolicy, the nodes)
+    need; it has no egress rule (a pod's egress is its other groups' business)."""
+    with_services = ctx.octavia is not None and bool(ctx.config.kubernetes.service_subnet)
+    with_policy = ctx.config.kubernetes.network_policy
+    if not with_services and not with_policy:
         return None
     if ctx.services_group is None:
         await ensure_group(ctx)
     assert ctx.services_group is not None
-    await services.service_subnet(ctx)
-    group_id = ctx.services_group.id
-    wanted = desired_rules(ctx)
-    have: dict[Rule, str] = {}
-    for rule in await ctx.neutron.list_security_group_rules(security_group_id=group_id):
-        key = _existing(rule)
-        if key is None:
-            continue
-        if key in have or key not in wanted:
-            await ctx.neutron.delete_security_group_rule(rule.id)
-        else:
-            have[key] = rule.id
-    for ethertype, protocol, low, high, cidr in sorted(wanted - set(have),
-                                                      key=lambda r: tuple(map(str, r))):
-        await ctx.neutron.create_security_group_rule(
-            group_id, direction="ingress", ethertype=ethertype, protocol=protocol,
-            port_range_min=low, port_range_max=high, remote_ip_prefix=cidr,
-            description="kuryr: Service traffic")
+    if with_services:
+        await services.service_subnet(ctx)
+    nodes_group_id = None
+    if with_policy:
+        nodes = policyspec.nodes_peer()
+        name = policyspec.group_name(ctx.config.cluster_id, nodes)
+        nodes_group_id = (await addressgroups.ensure(ctx, {name: nodes}))[name]
+    await sgrules.sync(ctx, ctx.services_group.id, desired_rules(ctx, nodes_group_id),
+                       description="kuryr: Service and node traffic")
     return None

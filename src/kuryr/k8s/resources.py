@@ -53,5 +53,7 @@ LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 SERVICES = Resource("", "v1", "services", "Service")
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 KURYR_LOAD_BALANCERS = Resource(GROUP, VERSION, "kuryrloadbalancers", "KuryrLoadBalancer")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+KURYR_NETWORK_POLICIES = Resource(GROUP, VERSION, "kuryrnetworkpolicies", "KuryrNetworkPolicy")
 # The label that ties an EndpointSlice to its Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -3,7 +3,8 @@
 ``Neutron`` is one class assembled from parts that share ``facade.Facade`` (the connection made
 by ``connecting``, one bounded thread pool in which every blocking SDK call runs, failure
 mapping by ``failures.translate``, the tags put on what it creates): this module has networks,
-subnets, routers, ports, trunks and tags; ``security_groups`` and ``floating_ips`` the rest.
+subnets, routers, ports, trunks and tags; ``security_groups``, ``address_groups``,
+``floating_ips`` and ``quotas`` the rest.
 Resources come back as ``resources`` dataclasses. It does not decide what to create: callers
 (``kuryr.ports``, entry points) do.
 """
@@ -19,14 +20,24 @@ from typing import Any
 from openstack import exceptions as sdk_exceptions
 
 from kuryr import errors, model, settings
-from kuryr.neutron import connecting, floating_ips, operations, resources, security_groups
+from kuryr.neutron import (
+    address_groups,
+    connecting,
+    floating_ips,
+    operations,
+    quotas,
+    resources,
+    security_groups,
+)
 
 Observer = operations.Observer
 
 
-class Neutron(security_groups.SecurityGroups, floating_ips.FloatingIps):
+class Neutron(security_groups.SecurityGroups, address_groups.AddressGroups,
+              floating_ips.FloatingIps, quotas.Quotas):
     """Neutron for kuryr: every method is async, runs one SDK call in the pool, maps failures
-    (TemporaryError, PermanentError, NotFoundError, QuotaExceededError) and tags what it makes.
+    (TemporaryError, PermanentError, NotFoundError, QuotaExceededError and the typed faults of
+    ``failures``) and tags what it makes.
     """
 
     @classmethod

@@ -4,7 +4,7 @@ Owns the connection handed in, one bounded thread pool in which every blocking S
 failure mapping (``failures.translate``) with one repetition of a read or delete whose
 connection failed, the observer of each call, and the tags put on what is created. It has no
 resource methods: ``client`` (networks, subnets, routers, ports, trunks, tags),
-``security_groups`` and ``floating_ips`` add them on this base.
+``security_groups``, ``address_groups``, ``floating_ips`` and ``quotas`` add them on this base.
 """
 
 from __future__ import annotations

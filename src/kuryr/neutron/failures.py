@@ -2,10 +2,14 @@
 
 5xx, 409 revision conflicts, timeouts and refused connections are ``TemporaryError``; every
 other 4xx is ``PermanentError`` (``NotFoundError`` for 404, ``QuotaExceededError`` for quota
-and address exhaustion). Neutron's own message is kept; URLs and credentials are not. A call
-that cannot create anything twice (find, get, list, delete, and the absolute PUTs of a
-router's gateway and a floating IP's port) is sent once more when the connection failed under it
-(``is_repeatable``).
+and address exhaustion). The faults a caller branches on have a type of their own, defined here
+(each an ``errors.ConflictError``) and chosen by Neutron's error type, never by its text:
+``InUseError`` (a delete refused while something uses the resource), ``RuleExistsError`` (the
+same security group rule exists), ``AddressesAlreadyInGroupError`` and
+``AddressesNotInGroupError`` (the strict add and remove of an address group). Neutron's own
+message is kept; URLs and credentials are not. A call that cannot create anything twice (find,
+get, list, delete, and the absolute PUTs of a router's gateway, a floating IP's port and a
+project's quota) is sent once more when the connection failed under it (``is_repeatable``).
 """
 
 from __future__ import annotations
@@ -17,22 +21,52 @@ from openstack import exceptions as sdk_exceptions
 
 from kuryr import errors
 
+
+class InUseError(errors.ConflictError):
+    """A delete Neutron refuses while something still uses the resource (409 ``*InUse``: a
+    security group on a port, an address group in a rule, a subnet with ports, ...)."""
+
+
+class RuleExistsError(errors.ConflictError):
+    """The security group rule exists already (409 ``SecurityGroupRuleExists``; Neutron
+    ignores the description when it compares rules). In a bulk request nothing was made."""
+
+
+class AddressesAlreadyInGroupError(errors.ConflictError):
+    """``add_addresses`` named an address the group holds already (400
+    ``AddressesAlreadyExist``); nothing was added."""
+
+
+class AddressesNotInGroupError(errors.ConflictError):
+    """``remove_addresses`` named an address the group does not hold (404
+    ``AddressesNotFound``); nothing was removed. Not a ``NotFoundError``: the group exists
+    (a missing group is ``NotFoundError``)."""
+
+
+# Neutron error types that callers tell apart, whatever the status they come with.
+_TYPED = {
+    "AddressesAlreadyExist": AddressesAlreadyInGroupError,
+    "AddressesNotFound": AddressesNotInGroupError,
+    "SecurityGroupRuleExists": RuleExistsError,
+    "AddressGroupInUse": InUseError,
+    "SecurityGroupInUse": InUseError,
+    "SubnetInUse": InUseError,
+    "NetworkInUse": InUseError,
+    "RouterInUse": InUseError,
+    "SubnetPoolInUse": InUseError,
+    "TrunkInUse": InUseError,
+}
+
 # Neutron error types (NeutronError.type) that retrying will not fix although sent as 409.
 _PERMANENT_CONFLICTS = {
     "OverQuota": errors.QuotaExceededError,
     "IpAddressGenerationFailure": errors.QuotaExceededError,
     "IpAddressAlreadyAllocated": errors.PermanentError,
     "MacAddressInUse": errors.PermanentError,
-    "SubnetInUse": errors.PermanentError,
-    "NetworkInUse": errors.PermanentError,
-    "SecurityGroupInUse": errors.PermanentError,
-    "RouterInUse": errors.PermanentError,
-    "SubnetPoolInUse": errors.PermanentError,
     "PortInUse": errors.PermanentError,
-    "TrunkInUse": errors.PermanentError,
     "PrefixPoolExhausted": errors.QuotaExceededError,
     "SubnetAllocationError": errors.QuotaExceededError,
-    "SecurityGroupRuleExists": errors.PermanentError,
+    "DuplicateSecurityGroupRuleInPost": errors.PermanentError,
     "RouterInterfaceInUseByFloatingIP": errors.PermanentError,
     "RouterExternalGatewayInUseByFloatingIp": errors.PermanentError,
     "FloatingIPPortAlreadyAssociated": errors.PermanentError,
@@ -67,6 +101,9 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
                 f": {message}"
         else:  # raised by the SDK itself, e.g. a find by name that matched nothing
             text = f"{what}: {message}"
+        typed = _TYPED.get(kind or "")
+        if typed is not None:
+            return typed(text)
         if status == 404 or isinstance(e, sdk_exceptions.NotFoundException):
             return errors.NotFoundError(text)
         if status == 409:
@@ -96,10 +133,11 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
 
 
 # Calls that change nothing, or whose repetition changes nothing more (deletes ignore a
-# missing resource; a router's gateway and a floating IP's port are set to absolute values):
-# safe to send again when the connection failed under them.
+# missing resource; a router's gateway, a floating IP's port and a quota are set to absolute
+# values): safe to send again when the connection failed under them. Not the strict add and
+# remove of addresses: a repetition of one that went through fails.
 _REPEATABLE = ("find ", "get ", "list ", "delete ", "set gateway ", "clear gateway ",
-               "update floating ip ")
+               "update floating ip ", "update quota ")
 
 
 def is_repeatable(e: BaseException, what: str) -> bool:

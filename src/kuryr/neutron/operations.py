@@ -13,7 +13,7 @@ _WORDS = frozenset({
     "add", "create", "delete", "find", "get", "list", "remove", "tag", "untag", "update",
     "network", "networks", "subnet", "subnets", "pool", "pools", "port", "ports", "router",
     "security", "group", "groups", "rule", "rules", "trunk", "subports", "floating", "ip",
-    "ips", "set", "clear", "gateway"})
+    "ips", "set", "clear", "gateway", "address", "addresses", "quota"})
 
 
 def operation(what: str) -> str:

@@ -1,15 +1,18 @@
 """Neutron resources as kuryr sees them: frozen dataclasses translated from openstacksdk's
 resources at this edge, and the VIF (``kuryr.model``) built from a port, its network and subnets.
+Also what callers hand in that is more than one value: ``RuleSpec``, a rule to create; and
+``canonical_cidr``, the form in which Neutron stores an address group's CIDRs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kuryr import model
+from kuryr import errors, model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,63 @@ class SecurityGroupRule:
     remote_ip_prefix: str | None
     remote_group_id: str | None = None
     description: str = ""
+    remote_address_group_id: str | None = None
+    project_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSpec:
+    """A security group rule to create (``create_security_group_rules``): at most one remote
+    (``remote_ip_prefix``, ``remote_group_id`` or ``remote_address_group_id``; none is
+    anywhere). The description is not compared, as Neutron ignores it when it looks for a
+    duplicate. Values are sent as given, but for ``remote_ip_prefix``, sent canonical
+    (``canonical_cidr``). What Neutron changes on its side: a port range 1-65535 is stored
+    unset, 0.0.0.0/0 and ::/0 count as "anywhere" (a duplicate of no prefix), a protocol name
+    is lower-cased, a protocol number kept as given.
+    """
+
+    direction: str = "ingress"
+    ethertype: str = "IPv4"
+    protocol: str | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+    remote_address_group_id: str | None = None
+    description: str = dataclasses.field(default="", compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class AddressGroup:
+    """An address group: a set of CIDRs a rule can name as its remote
+    (``remote_address_group_id``). ``addresses`` are canonical (``canonical_cidr``)."""
+
+    id: str
+    name: str
+    addresses: frozenset[str] = frozenset()
+    project_id: str = ""
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Quota:
+    """A project's limits (-1: unlimited), by the SDK's names; ``update_quota`` takes the same
+    names."""
+
+    project_id: str
+    networks: int | None = None
+    subnets: int | None = None
+    subnet_pools: int | None = None
+    ports: int | None = None
+    routers: int | None = None
+    router_routes: int | None = None
+    floating_ips: int | None = None
+    rbac_policies: int | None = None
+    security_groups: int | None = None
+    security_group_rules: int | None = None
+
+
+QUOTA_LIMITS = tuple(f.name for f in dataclasses.fields(Quota) if f.name != "project_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +240,38 @@ def security_group_rule(r: Any) -> SecurityGroupRule:
         id=r.id, security_group_id=r.security_group_id, direction=r.direction,
         ethertype=r.ether_type, protocol=r.protocol, port_range_min=r.port_range_min,
         port_range_max=r.port_range_max, remote_ip_prefix=r.remote_ip_prefix,
-        remote_group_id=r.remote_group_id or None, description=r.description or "")
+        remote_group_id=r.remote_group_id or None, description=r.description or "",
+        remote_address_group_id=r.remote_address_group_id or None,
+        project_id=r.project_id or "")
+
+
+def canonical_cidr(address: str) -> str:
+    """The form in which Neutron stores an address group's CIDR (netaddr's
+    ``f"{network}/{prefixlen}"``): host bits cleared, a bare address as /32 or /128, IPv6
+    lower-case and compressed as inet_ntop writes it (``::ffff:10.0.0.1/128`` keeps its dotted
+    tail, where Python's ``ipaddress`` would write ``::ffff:a00:1``). Raises PermanentError
+    for what is not an address or CIDR."""
+    try:
+        net = ipaddress.ip_network(address, strict=False)
+    except (ValueError, TypeError) as e:
+        raise errors.PermanentError(f"{address!r} is not an IP address or CIDR") from e
+    if net.version == 6:
+        text = socket.inet_ntop(socket.AF_INET6, net.network_address.packed)
+    else:
+        text = str(net.network_address)
+    return f"{text}/{net.prefixlen}"
+
+
+def address_group(r: Any) -> AddressGroup:
+    return AddressGroup(id=r.id, name=r.name or "",
+                        addresses=frozenset(canonical_cidr(a) for a in r.addresses or ()),
+                        project_id=r.project_id or "", description=r.description or "")
+
+
+def quota(r: Any, project_id: str) -> Quota:
+    limits = {name: getattr(r, name, None) for name in QUOTA_LIMITS}
+    return Quota(project_id=project_id,
+                 **{k: int(v) for k, v in limits.items() if v is not None})
 
 
 def floating_ip(r: Any) -> FloatingIp:

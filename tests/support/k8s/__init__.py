@@ -50,6 +50,7 @@ from tests.support.k8s.registry import (
     KURYR_RESOURCES,
     LEASES,
     NAMESPACES,
+    NETWORK_POLICIES,
     NODES,
     PODS,
     SERVICES,
@@ -60,7 +61,8 @@ from tests.support.k8s.registry import (
 __all__ = [
     "CONFIGMAPS", "CORE_RESOURCES", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS",
     "KURYR_LOAD_BALANCERS", "KURYR_NETWORKS", "KURYR_NETWORK_POLICIES", "KURYR_PORTS",
-    "KURYR_RESOURCES", "LEASES", "NAMESPACES", "NODES", "PODS", "SERVICES", "Api", "Resource",
+    "KURYR_RESOURCES", "LEASES", "NAMESPACES", "NETWORK_POLICIES", "NODES", "PODS", "SERVICES",
+    "Api", "Resource",
     "crd", "serve",
 ]
 

@@ -76,9 +76,11 @@ ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", has_status=False, short
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", has_status=False)
 ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice",
                            has_status=False)
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy",
+                            has_status=False, short_names=("netpol",))
 
 CORE_RESOURCES = (NAMESPACES, NODES, PODS, EVENTS, CONFIGMAPS, SERVICES, ENDPOINTS, LEASES,
-                  ENDPOINT_SLICES)
+                  ENDPOINT_SLICES, NETWORK_POLICIES)
 
 KURYR_PORTS = crd("openstack.org", "v1", "kuryrports", "KuryrPort")
 KURYR_NETWORKS = crd("openstack.org", "v1", "kuryrnetworks", "KuryrNetwork")
