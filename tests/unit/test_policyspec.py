@@ -117,7 +117,7 @@ def test_named_ports_resolve_on_the_receiver() -> None:
     # Ingress: resolved on each selected pod; pods that differ get different variants.
     a, b = VIEW.pods[0], VIEW.pods[1]
     variant_a, rules_a = policyspec.variant_rules(translated, a)
-    variant_b, rules_b = policyspec.variant_rules(translated, b)
+    variant_b, _ = policyspec.variant_rules(translated, b)
     assert variant_a != variant_b
     ingress_ports = {r["sgRule"].get("port_range_min") for r in rules_a
                      if r["sgRule"]["direction"] == "ingress"}

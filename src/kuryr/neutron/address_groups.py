@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from kuryr import errors
 from kuryr.neutron import facade, resources
 
 
@@ -57,8 +58,11 @@ class AddressGroups(facade.Facade):
         return resources.address_group(r)
 
     async def list_address_groups(self, **query: Any) -> list[resources.AddressGroup]:
-        """Groups matching the SDK query (``name``, ``project_id``, ``description``). No
-        ``tags``: Neutron 29 has none on address groups."""
+        """Groups matching the SDK query (``name``, ``project_id``, ``description``). Raises
+        PermanentError for ``tags``: Neutron 29 has none on address groups."""
+        if "tags" in query:
+            raise errors.PermanentError("list address groups: Neutron has no tags on address "
+                                        "groups; find them by name")
         return await self._list("list address groups", self._net.address_groups,
                                 resources.address_group, tags=(), **query)
 
@@ -66,8 +70,8 @@ class AddressGroups(facade.Facade):
                             addresses: Iterable[str]) -> resources.AddressGroup:
         """Add ``addresses`` (made canonical) to the group; the group afterwards.
 
-        Raises AddressesAlreadyInGroupError when the group holds one of them already (then
-        nothing was added), NotFoundError for a missing group, PermanentError for a bad
+        Raises failures.AddressesAlreadyInGroupError when the group holds one of them already
+        (then nothing was added), NotFoundError for a missing group, PermanentError for a bad
         address."""
         wanted = canonical_addresses(addresses)
         r = await self._call(f"add addresses to address group {group_id}",
@@ -78,8 +82,8 @@ class AddressGroups(facade.Facade):
                                addresses: Iterable[str]) -> resources.AddressGroup:
         """Remove ``addresses`` (made canonical) from the group; the group afterwards.
 
-        Raises AddressesNotInGroupError when the group lacks one of them (then nothing was
-        removed), NotFoundError for a missing group, PermanentError for a bad address."""
+        Raises failures.AddressesNotInGroupError when the group lacks one of them (then nothing
+        was removed), NotFoundError for a missing group, PermanentError for a bad address."""
         unwanted = canonical_addresses(addresses)
         r = await self._call(f"remove addresses from address group {group_id}",
                              self._net.remove_addresses_from_address_group, group_id,
@@ -87,7 +91,7 @@ class AddressGroups(facade.Facade):
         return resources.address_group(r)
 
     async def delete_address_group(self, group_id: str) -> None:
-        """Idempotent: a group that does not exist is success. Raises InUseError while a
-        security group rule names the group."""
+        """Idempotent: a group that does not exist is success. Raises failures.InUseError
+        while a security group rule names the group."""
         await self._call(f"delete address group {group_id}", self._net.delete_address_group,
                          group_id, ignore_missing=True)

@@ -20,9 +20,9 @@ class Quotas(facade.Facade):
     async def update_quota(self, project_id: str, **limits: int) -> resources.Quota:
         """Set the named limits (``security_groups=200``, ``security_group_rules=2000``,
         ``ports``, ...: the fields of ``resources.Quota``; -1 is unlimited) to these values;
-        the others stay. Neutron takes a limit below what the project uses (it then refuses
-        new resources). Raises PermanentError for a name that is no limit (before any
-        request) or a value Neutron refuses."""
+        the others stay. Raises PermanentError for a name that is no limit (before any
+        request) or a limit below what the project uses already (Neutron 29 refuses it: 400
+        "must be greater than or equal to already used")."""
         unknown = sorted(set(limits) - set(resources.QUOTA_LIMITS))
         if unknown:
             raise errors.PermanentError(

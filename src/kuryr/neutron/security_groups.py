@@ -42,7 +42,7 @@ class SecurityGroups(facade.Facade):
                                 resources.security_group, tags=tags, **query)
 
     async def delete_security_group(self, group_id: str) -> None:
-        """Idempotent. Raises InUseError while a port still uses the group."""
+        """Idempotent. Raises failures.InUseError while a port still uses the group."""
         await self._call(f"delete security group {group_id}",
                          self._net.delete_security_group, group_id, ignore_missing=True)
 
@@ -54,9 +54,9 @@ class SecurityGroups(facade.Facade):
             description: str = "", project_id: str | None = None
             ) -> resources.SecurityGroupRule:
         """One rule (see ``resources.RuleSpec`` for the values; ``remote_ip_prefix`` is sent
-        canonical). Raises RuleExistsError when the same rule exists, NotFoundError for a
-        missing group or remote (address) group, QuotaExceededError, PermanentError (more
-        than one remote, a prefix of the other ethertype, ...)."""
+        canonical). Raises failures.RuleExistsError when the same rule exists, NotFoundError
+        for a missing group or remote (address) group, QuotaExceededError, PermanentError
+        (more than one remote, a prefix of the other ethertype, ...)."""
         spec = resources.RuleSpec(
             direction=direction, ethertype=ethertype, protocol=protocol,
             port_range_min=port_range_min, port_range_max=port_range_max,
@@ -74,8 +74,9 @@ class SecurityGroups(facade.Facade):
         ``project_id`` owns the rules (counted in its quota); without it, the caller's
         project does (not the group's). No rules: no request.
 
-        Raises RuleExistsError when one of them exists (nothing is made), PermanentError when
-        two of them are the same rule, NotFoundError, QuotaExceededError, PermanentError."""
+        Raises failures.RuleExistsError when one of them exists (nothing is made),
+        PermanentError when two of them are the same rule (before any request),
+        NotFoundError, QuotaExceededError, PermanentError."""
         if not rules:
             return []
         if len(set(rules)) != len(rules):

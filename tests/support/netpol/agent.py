@@ -19,9 +19,9 @@ JSON line on stdout: ``{"id", "outcome", "answer", "elapsed"}``, outcome one of
   without one: the path is open but the server did not answer, so this is no drop;
 - ``error``: anything else (``answer`` says what).
 
-The agent prints ``{"ready": true}`` once every server is bound (or ``{"ready": false,
-"error"}`` and exits 1), and ends when stdin closes (its prober is gone) or after
-``--lifetime`` seconds.
+The agent prints ``{"ready": true}`` once every server is bound and has answered the agent
+itself over loopback (else ``{"ready": false, "error"}`` and exits 1), and ends when stdin
+closes (its prober is gone) or after ``--lifetime`` seconds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import json
 import socket
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 LIFETIME = 3600.0
 UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH}
@@ -51,8 +51,7 @@ class _UdpServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         nonce = data.decode(errors="replace").strip()
@@ -203,11 +202,27 @@ async def _commands(lifetime: float) -> None:
         task.add_done_callback(running.discard)
 
 
+async def _self_check(name: str, tcp_ports: list[int], udp_ports: list[int]) -> list[str]:
+    """Every server answering over loopback, or what did not: a broken server must not
+    pass for a dropped probe later."""
+    checks = [("tcp", p, _probe_tcp("127.0.0.1", p, 2.0, "self")) for p in tcp_ports]
+    checks += [("udp", p, _probe_udp("127.0.0.1", p, 2.0, "self")) for p in udp_ports]
+    results = await asyncio.gather(*(c for _, _, c in checks))
+    return [f"{protocol}/{port}: {outcome} {answer}".strip()
+            for (protocol, port, _), (outcome, answer) in zip(checks, results, strict=True)
+            if (outcome, answer) != ("answered", f"{name} self")]
+
+
 async def main(name: str, tcp_ports: list[int], udp_ports: list[int], lifetime: float) -> int:
     try:
         servers = await _serve(name, tcp_ports, udp_ports)
     except OSError as e:
         _emit({"ready": False, "error": f"cannot serve: {e}"})
+        return 1
+    failed = await _self_check(name, tcp_ports, udp_ports)
+    if failed:
+        _emit({"ready": False, "error": "servers not answering over loopback: "
+               + ", ".join(failed)})
         return 1
     _emit({"ready": True})
     try:

@@ -35,11 +35,11 @@ class Matrix:
               value: Callable[[str, str, int, str], bool]) -> Matrix:
         """A complete matrix whose every cell is ``value(from, to, port, protocol)``."""
         made = cls(tuple(froms), tuple(tos), tuple(cases))
-        for src, dst, port, protocol in made.keys():
+        for src, dst, port, protocol in made.cells():
             made.set(src, dst, port, protocol, value(src, dst, port, protocol))
         return made
 
-    def keys(self) -> list[Key]:
+    def cells(self) -> list[Key]:
         return [(src, dst, port, protocol) for port, protocol in self.cases
                 for src in self.froms for dst in self.tos]
 
@@ -74,7 +74,7 @@ class Matrix:
         return self.values[key]
 
     def is_complete(self) -> bool:
-        return all(k in self.values or k in self.unknown for k in self.keys())
+        return all(k in self.values or k in self.unknown for k in self.cells())
 
     def count(self, value: bool | None) -> int:
         if value is None:
@@ -168,7 +168,7 @@ def diff(expected: Matrix, observed: Matrix) -> Diff:
     if expected.unknown or not expected.is_complete():
         raise ValueError("the expected matrix has unknown or unset cells")
     found = []
-    for key in expected.keys():
+    for key in expected.cells():
         if _differs(expected, observed, key):
             note = observed.unknown.get(key) or observed.notes.get(key, "")
             found.append(Mismatch(*key, expected=expected.values[key],

@@ -291,7 +291,7 @@ class Cluster:
             in_namespaces = party.namespace == namespace
         else:
             in_namespaces = selects(namespace_selector, self.namespace_labels(party.namespace))
-        return in_namespaces or selects(pod_selector or {}, party.labels)
+        return in_namespaces and selects(pod_selector or {}, party.labels)
 
     def matrix(self, froms: Iterable[Endpoint], tos: Iterable[Endpoint] | None = None, *,
                cases: Iterable[matrix.Case]) -> matrix.Matrix:
