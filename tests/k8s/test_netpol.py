@@ -139,10 +139,16 @@ async def world(cloud_config: settings.KuryrSettings, cni_executable: pathlib.Pa
             await eventually(lambda ns=namespace: ((cluster.get(  # type: ignore[misc]
                 k8s.KURYR_NETWORKS, ns, ns) or {}).get("status") or {}).get("netId"),
                 what=f"network of {namespace}", within=90)
-        started = await asyncio.gather(*(
-            pods.start(ns, name, labels={layout.POD_LABEL: name},
-                       container_ports=layout.container_ports())
-            for ns in LAYOUT.namespaces for name in LAYOUT.pods))
+        # A few at once: each CNI ADD holds a thread of the loop's default executor while
+        # it waits, and the controller in this process needs threads for Neutron calls.
+        slots = asyncio.Semaphore(3)
+
+        async def start(ns: str, name: str) -> backends.Pod:
+            async with slots:
+                return await pods.start(ns, name, labels={layout.POD_LABEL: name},
+                                        container_ports=layout.container_ports())
+        started = await asyncio.gather(*(start(ns, name) for ns in LAYOUT.namespaces
+                                         for name in LAYOUT.pods))
         by_key = {layout.key(p.namespace, p.name): p for p in started}
         probe = prober.Prober(timeout=1.0, retries=1)
         stack.push_async_callback(probe.close)

@@ -83,7 +83,10 @@ def catalog(cloud: layout.CloudLayout) -> tuple[Service, ...]:
               "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"),
         Service(
             name="ovs-vswitchd",
-            argv=("ovs-vswitchd", cloud.ovsdb_connection,
+            # --monitor: restarted at once if it crashes. Open vSwitch 3.1.0's userspace
+            # conntrack can abort on an assertion (conn_update_state) while ACLs of ports
+            # with traffic change (seen with NetworkPolicy churn, README "Local cloud").
+            argv=("ovs-vswitchd", cloud.ovsdb_connection, "--monitor",
                   f"--pidfile={ovs_run / 'ovs-vswitchd.pid'}", *quiet),
             pidfile=ovs_run / "ovs-vswitchd.pid", log=cloud.log("ovs-vswitchd"),
             signature=("ovs-vswitchd", str(cloud.ovs_socket)),
@@ -281,7 +284,9 @@ def start(service: Service, *, timeout: float = 10.0) -> int:
         _write_pidfile(service.pidfile, process.pid)
         return process.pid
     deadline = time.monotonic() + timeout
-    while read_pid(service.pidfile) != process.pid:
+    # A daemon under its own --monitor writes the pid of its monitored child.
+    while (found := read_pid(service.pidfile)) is None or process.pid not in (
+            found, _parent_of(found)):
         if process.poll() is not None:
             raise commands.failure(f"starting {service.name}",
                                    f"it exited with code {process.returncode}", service.log)
@@ -290,7 +295,15 @@ def start(service: Service, *, timeout: float = 10.0) -> int:
                                    f"no pidfile {service.pidfile} after {timeout:.0f} s",
                                    service.log)
         time.sleep(0.01)
-    return process.pid
+    return found
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def check_alive(service: Service, pid: int, *, step: str) -> None:
