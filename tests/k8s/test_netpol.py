@@ -42,7 +42,10 @@ from tests.support.netpol import layout, matrix, model, prober
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 LAYOUT = layout.Layout()
-ENFORCE_WITHIN = 45.0
+# Open vSwitch 3.1.0's userspace conntrack can abort under this much connection churn; the
+# local cloud's monitor restarts it at once and OVN reinstalls its flows within seconds: the
+# window leaves room for one such restart.
+ENFORCE_WITHIN = 60.0
 ENFORCED: list[tuple[str, float]] = []  # (case, seconds), printed at the end
 
 
@@ -106,7 +109,7 @@ class World:
             if time.monotonic() - since > within:
                 pytest.fail(f"{case}: not enforced within {within} s:\n"
                             f"{matrix.diff(expected, last).render()}")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -401,18 +404,22 @@ async def test_egress_to_a_service_vip_follows_its_endpoints(world: World) -> No
             "podSelector": pod_is("a"), "policyTypes": ["Egress"],
             "egress": [{"to": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("b")}],
                         "ports": [{"port": 80}]}]}))
-        client = world.by_key["x/a"].netns
+        await world.enforced("egress to one pod on one port", since)
 
-        async def vip_answers(service: dict[str, Any]) -> bool:
-            answers = await backends.ask(client, backends.cluster_ip(service), 8080, count=3)
-            return all(not a.startswith("fail") for a in answers)
-        await eventually(lambda: vip_answers(b_only), within=60, what="egress to web-b's VIP")
+        async def vip_answers(src: str, service: dict[str, Any]) -> bool:
+            found = await world.probe.probe_address(src, backends.cluster_ip(service), 8080)
+            return found is not None
+        await eventually(lambda: vip_answers("x/a", b_only), within=60,
+                         what="egress to web-b's VIP")
         print(f"service VIP: enforced in {time.monotonic() - since:.2f} s")
-        assert not await vip_answers(mixed), "web-all has endpoints the policy does not allow"
-        # A Service's own backend reaching itself through the VIP (hairpin) under deny all.
-        world.apply(netpol("y", "deny", {"policyTypes": ["Ingress", "Egress"],
-                                         "egress": [{"to": [{"podSelector": {}}]}]}))
-        await eventually(lambda: _hairpin(world, b_only), within=60,
+        assert not await vip_answers("x/a", mixed), \
+            "web-all has endpoints the policy does not allow"
+        assert await vip_answers("x/b", mixed), "x/b is not isolated"
+        # A backend reaching itself through its Service's VIP (hairpin: the traffic comes
+        # back from the VIP) while its namespace denies all ingress.
+        world.apply(netpol("y", "deny", {"policyTypes": ["Ingress"]}))
+        await world.enforced("deny ingress in y", time.monotonic())
+        await eventually(lambda: vip_answers("y/b", b_only), within=60,
                          what="y/b reaching itself through its Service's VIP")
     finally:
         for pod in ("a", "b", "c"):
@@ -420,12 +427,6 @@ async def test_egress_to_a_service_vip_follows_its_endpoints(world: World) -> No
         for name in ("web-b", "web-all"):
             world.store.delete(k8s.SERVICES, "y", name)
     await world.enforced("policies deleted", world.apply())
-
-
-async def _hairpin(world: World, service: dict[str, Any]) -> bool:
-    answers = await backends.ask(world.by_key["y/b"].netns, backends.cluster_ip(service), 8080,
-                                 count=3)
-    return all(not a.startswith("fail") for a in answers)
 
 
 def _labelled(labels: dict[str, str | None]) -> Callable[[dict[str, Any]], dict[str, Any]]:

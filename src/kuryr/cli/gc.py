@@ -1,8 +1,8 @@
 """``kuryr gc``: list (and with ``--apply`` remove) Neutron ports and networks, Octavia load
 balancers and floating IPs tagged for this cluster whose pod, namespace, Node or Service no
-longer exists (``kuryr.controller.collecting``; the
-leading controller also does this every ``[kubernetes] gc_interval``). Untagged resources are
-never touched."""
+longer exists, and the security groups and address groups of NetworkPolicies that are gone
+(``kuryr.controller.collecting``; the leading controller also does this every
+``[kubernetes] gc_interval``). Untagged resources are never touched."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from kuryr.octavia import client as octavia_client
 def gc(config_file: str | None, kubeconfig: str | None, api_root: str | None,
        is_apply: bool) -> None:
     """Find Neutron and Octavia resources of this cluster whose Kubernetes owner (pod,
-    namespace, Node, Service) is gone (dry run unless --apply). Load balancers are looked
-    at when [kubernetes] service_subnet is set."""
+    namespace, Node, Service, NetworkPolicy) is gone (dry run unless --apply). Load balancers
+    are looked at when [kubernetes] service_subnet is set."""
     config = controller_cli.with_kubernetes(settings.load(config_file), kubeconfig=kubeconfig,
                                             api_root=api_root)
     failed = asyncio.run(_collect(config, is_apply=is_apply))
@@ -44,9 +44,8 @@ async def _collect(config: settings.KuryrSettings, *, is_apply: bool) -> list[st
                                load_balancer_endpoint=config.octavia.endpoint_override),
             base_tags=neutron.base_tags)
     try:
-        orphans = await collecting.find_orphans(neutron,
-                                                lambda: collecting.listed_owners(kube),
-                                                octavia=octavia)
+        orphans = await collecting.find_orphans(
+            neutron, lambda: collecting.listed_owners(kube, config.cluster_id), octavia=octavia)
         verb = "removing" if is_apply else "would remove"
         for orphan in orphans:
             click.echo(f"{verb} {orphan.kind} {orphan.resource_id} {orphan.name!r} "

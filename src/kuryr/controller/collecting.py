@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from kuryr import errors
-from kuryr.controller import context, networks
+from kuryr.controller import context, networks, policyspec
 from kuryr.k8s import api, resources
 from kuryr.neutron import client, tagging
 from kuryr.octavia import client as octavia_client
@@ -37,7 +37,7 @@ LOG = logging.getLogger(__name__)
 class Orphan:
     """A Neutron resource whose owner no longer exists."""
 
-    kind: str  # "port", "network", "loadbalancer" or "floatingip"
+    kind: str  # "port", "network", "loadbalancer", "floatingip", "securitygroup", ...
     resource_id: str
     name: str
     owner: str  # the owner tag
@@ -52,18 +52,40 @@ class Owners:
     namespace_uids: frozenset[str]
     nodes: frozenset[str]
     service_uids: frozenset[str] = frozenset()
+    # NetworkPolicies (UIDs) and the address groups live KuryrNetworkPolicies name; None
+    # where the API serves no NetworkPolicy (their groups are then not looked at).
+    policy_uids: frozenset[str] | None = None
+    address_groups: frozenset[str] | None = None
 
 
-async def listed_owners(kube: api.Kube) -> Owners:
+async def listed_owners(kube: api.Kube, cluster_id: str) -> Owners:
     """The owners as the API lists them now. Raises TemporaryError, PermanentError."""
     pods, _ = await kube.list(resources.PODS)
     namespaces, _ = await kube.list(resources.NAMESPACES)
     node_list, _ = await kube.list(resources.NODES)
     service_list, _ = await kube.list(resources.SERVICES)
+    try:
+        policies, _ = await kube.list(resources.NETWORK_POLICIES)
+        knps, _ = await kube.list(resources.KURYR_NETWORK_POLICIES)
+    except errors.NotFoundError:  # no NetworkPolicy API, or no KuryrNetworkPolicy CRD
+        policy_uids = names = None
+    else:
+        policy_uids = frozenset(p["metadata"]["uid"] for p in policies)
+        names = _address_groups(cluster_id, knps)
     return Owners(pod_uids=frozenset(p["metadata"]["uid"] for p in pods),
                   namespace_uids=frozenset(n["metadata"]["uid"] for n in namespaces),
                   nodes=frozenset(n["metadata"]["name"] for n in node_list),
-                  service_uids=frozenset(s["metadata"]["uid"] for s in service_list))
+                  service_uids=frozenset(s["metadata"]["uid"] for s in service_list),
+                  policy_uids=policy_uids, address_groups=names)
+
+
+def _address_groups(cluster_id: str, knps: list[api.Object]) -> frozenset[str]:
+    """The address groups live KuryrNetworkPolicies refer to, and the nodes' group."""
+    names = {policyspec.group_name(cluster_id, policyspec.nodes_peer())}
+    for knp in knps:
+        if not knp["metadata"].get("deletionTimestamp"):
+            names.update(policyspec.peers_of(knp.get("spec") or {}))
+    return frozenset(names)
 
 
 def cached_owners(ctx: context.Context) -> Owners:
@@ -71,10 +93,16 @@ def cached_owners(ctx: context.Context) -> Owners:
     def uids(plural: str) -> frozenset[str]:
         return frozenset(o["metadata"]["uid"] for o in ctx.informers[plural].objects.values())
 
+    with_policy = "networkpolicies" in ctx.informers
     return Owners(pod_uids=uids("pods"), namespace_uids=uids("namespaces"),
                   nodes=frozenset(name for _, name in ctx.informers["nodes"].objects),
                   service_uids=uids("services") if "services" in ctx.informers
-                  else frozenset())
+                  else frozenset(),
+                  policy_uids=uids("networkpolicies") if with_policy else None,
+                  address_groups=_address_groups(
+                      ctx.config.cluster_id,
+                      list(ctx.informers["kuryrnetworkpolicies"].objects.values()))
+                  if with_policy else None)
 
 
 async def find_orphans(neutron: client.Neutron,
@@ -88,8 +116,22 @@ async def find_orphans(neutron: client.Neutron,
     nets = await neutron.list_networks(tags=base)
     lbs = await octavia.list_load_balancers(tags=base) if octavia is not None else []
     fips = await neutron.list_floating_ips(tags=base) if octavia is not None else []
+    groups = await neutron.list_security_groups(tags=base)
+    prefix = f"kuryr-{neutron.cluster_id}-ag-"
+    address_groups = [g for g in await neutron.list_address_groups()
+                      if g.name.startswith(prefix)]
     live = await owners()
     found: list[Orphan] = []
+    if live.policy_uids is not None and live.address_groups is not None:
+        for group in groups:
+            owner = tagging.value_of(group.tags, "policy-uid")
+            if owner is not None and owner not in live.policy_uids:
+                found.append(Orphan("securitygroup", group.id, group.name,
+                                    f"networkpolicy {owner}"))
+        for address_group in address_groups:
+            if address_group.name not in live.address_groups:
+                found.append(Orphan("addressgroup", address_group.id, address_group.name,
+                                    "every policy that used it"))
     for lb in lbs:
         owner = tagging.value_of(lb.tags, "service-uid")
         if owner is not None and owner not in live.service_uids:
@@ -124,13 +166,14 @@ async def find_orphans(neutron: client.Neutron,
     return found
 
 
-_ORDER = ("floatingip", "loadbalancer", "port", "network")
+_ORDER = ("floatingip", "loadbalancer", "port", "network", "securitygroup", "addressgroup")
 
 
 async def remove(neutron: client.Neutron, orphans: list[Orphan], *,
                  octavia: octavia_client.Octavia | None = None) -> list[str]:
-    """Remove orphans: floating IPs, load balancers (cascade, waited for), ports, networks;
-    returns what could not be removed (and why)."""
+    """Remove orphans: floating IPs, load balancers (cascade, waited for), ports, networks,
+    policies' security groups, then address groups no rule refers to; returns what could not
+    be removed (and why)."""
     failed: list[str] = []
     for orphan in sorted(orphans, key=lambda o: _ORDER.index(o.kind)):
         try:
@@ -143,6 +186,10 @@ async def remove(neutron: client.Neutron, orphans: list[Orphan], *,
                 await octavia.wait_load_balancer_deleted(orphan.resource_id, timeout=60.0)
             elif orphan.kind == "port":
                 await neutron.delete_port(orphan.resource_id)
+            elif orphan.kind == "securitygroup":
+                await neutron.delete_security_group(orphan.resource_id)
+            elif orphan.kind == "addressgroup":
+                await neutron.delete_address_group(orphan.resource_id)
             else:
                 await networks.release_network(neutron, orphan.resource_id)
             LOG.info("gc: removed %s %s (%s)", orphan.kind, orphan.resource_id, orphan.owner)

@@ -239,12 +239,26 @@ class Prober:
             raise KeyError(f"no agent for {pod}: start() it first")
         return found
 
-    async def _attempt(self, src: _Agent, dst: _Agent, port: int, protocol: str) -> Attempt:
+    async def probe_address(self, src: str | Endpoint | PodLike, host: str, port: int,
+                            protocol: str = "TCP") -> str | None:
+        """One attempt from ``src``'s namespace to any address (a Service's VIP): the key of
+        the agent that answered, or None when nothing did."""
+        source = self._agent(src)
+        async with source.slots:
+            attempt = await self._attempt(source, None, port, protocol, host=host)
+        if attempt.outcome != "answered":
+            return None
+        key, _, nonce = attempt.answer.rpartition(" ")
+        return key if nonce.startswith(self._run_id) else None
+
+    async def _attempt(self, src: _Agent, dst: _Agent | None, port: int, protocol: str, *,
+                       host: str | None = None) -> Attempt:
         probe_id = next(self._ids)
         nonce = f"{self._run_id}-{probe_id}"
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         src.pending[probe_id] = waiter
-        command = {"id": probe_id, "host": dst.endpoint.ip, "port": port,
+        host = host or (dst.endpoint.ip if dst is not None else "")
+        command = {"id": probe_id, "host": host, "port": port,
                    "protocol": protocol.lower(), "timeout": self.timeout, "nonce": nonce}
         if src.process.returncode is not None or src.process.stdin is None:
             raise ProbeError(f"{src.describe()} is not running")
@@ -259,7 +273,7 @@ class Prober:
             src.pending.pop(probe_id, None)
             return Attempt("error", "the agent gave no result", 2 * self.timeout + 10)
         outcome, answer = str(said.get("outcome")), str(said.get("answer") or "")
-        if outcome == "answered" and answer != f"{dst.endpoint.key} {nonce}":
+        if outcome == "answered" and dst is not None and answer != f"{dst.endpoint.key} {nonce}":
             outcome = "wrong-answer"
         return Attempt(outcome, answer, float(said.get("elapsed") or 0.0))
 
@@ -315,9 +329,18 @@ class Prober:
                                  seconds=time.monotonic() - started)
         return found
 
+    async def forget(self, keys: Iterable[str]) -> None:
+        """Kill the agents of these pods (gone from the test) and wait for each."""
+        chosen = [self.agents.pop(k) for k in list(keys) if k in self.agents]
+        await self._kill(chosen)
+
     async def close(self) -> None:
         """Kill every agent this prober started and wait for each; safe to call again."""
         agents, self.agents = list(self.agents.values()), {}
+        await self._kill(agents)
+
+    @staticmethod
+    async def _kill(agents: list[_Agent]) -> None:
         for agent in agents:
             if agent.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
