@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import itertools
 import pathlib
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -108,8 +109,30 @@ class World:
                 return took
             if time.monotonic() - since > within:
                 pytest.fail(f"{case}: not enforced within {within} s:\n"
-                            f"{matrix.diff(expected, last).render()}")
+                            f"{matrix.diff(expected, last).render()}\n"
+                            f"{await self.diagnosis(keys)}")
             await asyncio.sleep(0.5)
+
+
+    async def diagnosis(self, keys: Iterable[str]) -> str:
+        """What to look at when a case fails: each pod's security groups by name, and
+        whether ovs-vswitchd restarted (its monitor counts crashes)."""
+        neutron = self.cluster.neutron
+        names = {g.id: g.name for g in await neutron.list_security_groups(
+            tags=list(neutron.base_tags))}
+        lines = []
+        for key in keys:
+            vif = self.cluster.vif(*key.split("/"))
+            if vif is None:
+                continue
+            port = await neutron.get_port(str(vif["port_id"]))
+            lines.append(f"{key}: " + ", ".join(sorted(names.get(g, g)
+                                                      for g in port.security_group_ids)))
+        found = await asyncio.to_thread(subprocess.run,
+                                        ["pgrep", "-a", "-f", "ovs-vswitchd: monitoring"],
+                                        capture_output=True, text=True)
+        monitor = found.stdout.strip()
+        return "security groups:\n" + "\n".join(lines) + f"\novs-vswitchd: {monitor}"
 
 
 @pytest.fixture(scope="module")
@@ -439,3 +462,42 @@ def _labelled(labels: dict[str, str | None]) -> Callable[[dict[str, Any]], dict[
                 current[key] = value
         return obj
     return apply
+
+
+async def test_a_quota_error_is_reported_and_healed_when_the_quota_is_raised(
+        world: World) -> None:
+    """A policy whose security group Neutron refuses (the namespace's project has no room):
+    an Event on the NetworkPolicy and a Failed condition on its KuryrNetworkPolicy; once the
+    quota is raised, the policy is applied without anyone touching it."""
+    cluster = world.cluster
+    project = f"kt-q-{RUN_ID}-{uuid.uuid4().hex[:4]}"
+    await cluster.neutron.update_quota(project, security_groups=0)
+    cluster.api.store.create(k8s.NAMESPACES, None, {"metadata": {
+        "name": "quota", "annotations": {"openstack.org/kuryr-project": project}}})
+    try:
+        world.apply(netpol("quota", "deny", {"policyTypes": ["Ingress"]}))
+
+        def failed() -> dict[str, Any] | None:
+            knp = cluster.get(k8s.KURYR_NETWORK_POLICIES, "quota", "deny")
+            conditions = ((knp or {}).get("status") or {}).get("conditions") or []
+            return next((c for c in conditions if c["type"] == "Failed"), None)
+        condition = await eventually(failed, within=30, what="a Failed condition")
+        assert condition["reason"] == "QuotaExceededError", condition
+        events = [e for e in cluster.api.store.list(k8s.EVENTS, "quota")[0]
+                  if e["involvedObject"]["kind"] == "NetworkPolicy"]
+        assert events and events[0]["reason"] == "QuotaExceededError"
+
+        await cluster.neutron.update_quota(project, security_groups=10)
+
+        def applied() -> bool:
+            knp = cluster.get(k8s.KURYR_NETWORK_POLICIES, "quota", "deny")
+            status = (knp or {}).get("status") or {}
+            return bool(status.get("securityGroupId")) and not status.get("conditions")
+        await eventually(applied, within=60, what="the policy applied once the quota allows")
+    finally:
+        world.apply()
+        cluster.api.store.delete(k8s.NAMESPACES, None, "quota")
+        await eventually(lambda: cluster.get(k8s.KURYR_NETWORK_POLICIES, "quota", "deny")
+                         is None, within=30, what="the policy released")
+        for group in await cluster.neutron.list_security_groups(project_id=project):
+            await cluster.neutron.delete_security_group(group.id)

@@ -19,11 +19,21 @@ them. Errors (a quota, a rule Neutron refuses) become an Event and a ``Failed`` 
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 from typing import Any
 
 from kuryr import errors
-from kuryr.controller import addressgroups, context, podgroups, policyspec, policyview, sgrules
+from kuryr.controller import (
+    addressgroups,
+    context,
+    placing,
+    podgroups,
+    policyspec,
+    policyview,
+    sgrules,
+)
 from kuryr.k8s import api, resources
 
 LOG = logging.getLogger(__name__)
@@ -79,6 +89,19 @@ async def handle_kuryrpolicy(ctx: context.Context, namespace: str,
     if knp["metadata"].get("deletionTimestamp"):
         await _release(ctx, knp, [g.id for g in groups])
         return None
+    try:
+        return await _apply(ctx, knp, uid, groups)
+    except errors.QuotaExceededError as e:
+        # Reported like any PermanentError, but looked at again: raising the quota is how
+        # an operator fixes it, and that changes no Kubernetes object.
+        await _report(ctx, knp, e)
+        raise errors.TemporaryError(f"KuryrNetworkPolicy {namespace}/{name}: {e}",
+                                    delay=10.0) from e
+
+
+async def _apply(ctx: context.Context, knp: api.Object, uid: str,
+                 groups: list[Any]) -> float | None:
+    namespace, name = knp["metadata"]["namespace"], knp["metadata"]["name"]
     spec = knp.get("spec") or {}
     view = policyview.build(ctx)
     group_ids = await addressgroups.ensure(ctx, policyspec.peers_of(spec), view)
@@ -101,7 +124,7 @@ async def handle_kuryrpolicy(ctx: context.Context, namespace: str,
             group = await ctx.neutron.create_security_group(
                 group_name, description=f"kuryr: networkpolicy {namespace}/{name}",
                 tags=[context.policy_tag(uid)],
-                project_id=ctx.config.kubernetes.project_id or None)
+                project_id=placing.project_of(ctx, ctx.cached("namespaces", None, namespace)))
             LOG.info("networkpolicy %s/%s: security group %s", namespace, name, group.id)
         wanted = [sgrules.of_spec(r["sgRule"], address_group_id=group_ids.get(
             (r.get("remoteAddressGroup") or {}).get("name", ""))) for r in rules]
@@ -141,6 +164,27 @@ async def _release(ctx: context.Context, knp: api.Object, group_ids: list[str]) 
     await ctx.kube.set_finalizer(resources.KURYR_NETWORK_POLICIES, knp,
                                  context.POLICY_FINALIZER, present=False)
     LOG.info("networkpolicy %s/%s: security groups released", meta["namespace"], meta["name"])
+
+
+async def _report(ctx: context.Context, knp: api.Object, error: errors.KuryrError) -> None:
+    """An Event on the NetworkPolicy and the KuryrNetworkPolicy, a ``Failed`` condition on
+    the latter."""
+    meta = knp["metadata"]
+    reason, message = type(error).__name__, str(error)
+    policy = ctx.cached("networkpolicies", meta["namespace"], meta["name"])
+    if policy is not None:
+        await ctx.kube.post_event({"apiVersion": "networking.k8s.io/v1",
+                                   "kind": "NetworkPolicy", **policy},
+                                  reason=reason, message=message)
+    await ctx.kube.post_event({"apiVersion": "openstack.org/v1", "kind": "KuryrNetworkPolicy",
+                               **knp}, reason=reason, message=message)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    condition = {"type": "Failed", "status": "True", "reason": reason,
+                 "message": message[:1000], "lastTransitionTime": stamp}
+    with contextlib.suppress(errors.NotFoundError):
+        await ctx.kube.patch(resources.KURYR_NETWORK_POLICIES, meta["namespace"],
+                             meta["name"], {"status": {"conditions": [condition]}},
+                             status=True)
 
 
 def _group_name(ctx: context.Context, namespace: str, name: str, variant: str) -> str:
