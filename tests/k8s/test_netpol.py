@@ -33,6 +33,7 @@ from tests.k8s import backends
 from tests.k8s.conftest import (
     UNREACHABLE_NEUTRON,
     Cluster,
+    StartDaemon,
     environ,
     eventually,
     making_cluster,
@@ -501,3 +502,51 @@ async def test_a_quota_error_is_reported_and_healed_when_the_quota_is_raised(
                          is None, within=30, what="the policy released")
         for group in await cluster.neutron.list_security_groups(project_id=project):
             await cluster.neutron.delete_security_group(group.id)
+
+
+async def test_a_pooled_pod_under_a_deny_policy_is_never_open(
+        cluster: Cluster, start_daemon: StartDaemon, cni_executable: pathlib.Path,
+        make_netns: Callable[[], str]) -> None:
+    """With a port pool, a pod created under a deny-ingress policy gets a pool port whose
+    groups are the pod's before its VIF is written, so before CNI ADD answers: the very first
+    probe after ADD is refused, and the port never had the allow-all group."""
+    daemon = await asyncio.to_thread(start_daemon)
+    pods = backends.Pods(cluster, daemon, cni_executable, make_netns)
+    probe = prober.Prober(timeout=1.0, retries=0, tcp_ports=(80,), udp_ports=())
+    async with running_controller(cluster, network_policy=True, pool_size=2, pool_batch=2):
+        try:
+            for namespace in ("p", "q"):
+                cluster.create_namespace(namespace)
+                await eventually(lambda ns=namespace: ((cluster.get(  # type: ignore[misc]
+                    k8s.KURYR_NETWORKS, ns, ns) or {}).get("status") or {}).get("netId"),
+                    what=f"network of {namespace}", within=60)
+            cluster.create_node()
+            await eventually(lambda: _pool_of(cluster, 2), within=60, what="the pool")
+            pooled = {p.id for p in await cluster.pool_ports()}
+            client = await pods.start("q", "client")
+            cluster.api.store.create(k8s.NETWORK_POLICIES, "p",
+                                     netpol("p", "deny", {"policyTypes": ["Ingress"]}))
+            knp = await eventually(lambda: (cluster.get(
+                k8s.KURYR_NETWORK_POLICIES, "p", "deny") or {}).get("status", {}).get(
+                "securityGroupId"), within=30, what="the policy's group")
+            target = await pods.start("p", "a", labels={"pod": "a"})
+            await probe.start([client, target])
+            first = await probe.probe(client, target, 80, "TCP")
+            assert first.connected is False, "the first probe after ADD got through"
+            vif = cluster.vif("p", "a")
+            assert vif is not None
+            port = await cluster.neutron.get_port(str(vif["port_id"]))
+            assert port.id in pooled, "the pod was given a pool port"
+            names = {g.id: g.name for g in await cluster.neutron.list_security_groups(
+                tags=list(cluster.neutron.base_tags))}
+            groups = {names.get(g, g) for g in port.security_group_ids}
+            assert knp in port.security_group_ids
+            assert not any(n.startswith("kuryr-allow-ingress") for n in groups), groups
+            assert any(n.startswith("kuryr-allow-egress") for n in groups), groups
+        finally:
+            await probe.close()
+            await pods.close()
+
+
+async def _pool_of(cluster: Cluster, size: int) -> bool:
+    return len(await cluster.pool_ports()) >= size
