@@ -19,6 +19,7 @@ import dataclasses
 import itertools
 import pathlib
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -550,3 +551,51 @@ async def test_a_pooled_pod_under_a_deny_policy_is_never_open(
 
 async def _pool_of(cluster: Cluster, size: int) -> bool:
     return len(await cluster.pool_ports()) >= size
+
+
+STREAM = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(0.3)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    s.send(b"stream")
+    try:
+        s.recv(200)
+        print("ok", flush=True)
+    except OSError:
+        print("lost", flush=True)
+    time.sleep(0.1)
+"""
+
+
+async def test_an_open_flow_is_cut_when_its_allow_goes(world: World) -> None:
+    """One UDP flow (one socket, one conntrack entry) kept open from y/a to x/a while the
+    policy that allowed it is replaced by one that does not: its next datagrams are dropped."""
+    allow = netpol("x", "flow", {"podSelector": pod_is("a"), "ingress": [{
+        "from": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("a")}]}]})
+    await world.enforced("flow allowed", world.apply(allow))
+    source, target = world.by_key["y/a"], world.by_key["x/a"]
+    stream = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", source.netns, sys.executable, "-c", STREAM, target.ip, "81",
+        "60", stdout=asyncio.subprocess.PIPE)
+    assert stream.stdout is not None
+    try:
+        first = await asyncio.wait_for(stream.stdout.readline(), timeout=10)
+        assert first.strip() == b"ok", first
+        since = world.apply(netpol("x", "flow", {"podSelector": pod_is("a"),
+                                                 "ingress": [{"from": [
+                                                     {"podSelector": pod_is("b")}]}]}))
+        lost = 0
+        while lost < 10:  # ten datagrams in a row without an answer: cut
+            line = await asyncio.wait_for(stream.stdout.readline(), timeout=10)
+            assert line, "the stream ended before the flow was cut"
+            lost = lost + 1 if line.strip() == b"lost" else 0
+        print(f"open flow cut: {time.monotonic() - since:.2f} s after the change "
+              "(ten lost datagrams later)")
+    finally:
+        if stream.returncode is None:
+            stream.kill()
+        await stream.wait()
+    await world.enforced("policies deleted", world.apply())
