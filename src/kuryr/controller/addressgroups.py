@@ -11,12 +11,12 @@ refers to any more is deleted (the nodes' group stays while policies are on).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 
 from kuryr import errors
 from kuryr.controller import context, policyspec, policyview
+from kuryr.neutron import resources as neutron_resources
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ async def ensure(ctx: context.Context, peers: Mapping[str, policyspec.Peer],
             if name in state:
                 continue
             view = view or policyview.build(ctx)
-            wanted = policyspec.addresses(peer, view)
+            wanted = _wanted(peer, view)
             group = await ctx.neutron.create_address_group(
                 name, addresses=sorted(wanted), description=_describe(peer),
                 project_id=ctx.config.kubernetes.project_id or None)
@@ -73,7 +73,7 @@ async def handle(ctx: context.Context) -> float | None:
         state = await _load(ctx)
         for name, peer in sorted(peers.items()):
             group = state[name]
-            wanted = policyspec.addresses(peer, view)
+            wanted = _wanted(peer, view)
             gone, new = sorted(group.addresses - wanted), sorted(wanted - group.addresses)
             try:
                 if new:
@@ -100,7 +100,12 @@ async def handle(ctx: context.Context) -> float | None:
 
 
 def _canonical(address: str) -> str:
-    return str(ipaddress.ip_network(address, strict=False))
+    return neutron_resources.canonical_cidr(address)
+
+
+def _wanted(peer: policyspec.Peer, view: policyspec.View) -> set[str]:
+    """The peer's addresses in Neutron's canonical form (what the group will hold)."""
+    return {_canonical(a) for a in policyspec.addresses(peer, view)}
 
 
 def _describe(peer: policyspec.Peer) -> str:

@@ -19,8 +19,6 @@ them. Errors (a quota, a rule Neutron refuses) become an Event and a ``Failed`` 
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import logging
 from typing import Any
 
@@ -32,6 +30,7 @@ from kuryr.controller import (
     podgroups,
     policyspec,
     policyview,
+    reporting,
     sgrules,
 )
 from kuryr.k8s import api, resources
@@ -94,7 +93,7 @@ async def handle_kuryrpolicy(ctx: context.Context, namespace: str,
     except errors.QuotaExceededError as e:
         # Reported like any PermanentError, but looked at again: raising the quota is how
         # an operator fixes it, and that changes no Kubernetes object.
-        await _report(ctx, knp, e)
+        await reporting.report(ctx, resources.KURYR_NETWORK_POLICIES, namespace, name, e)
         raise errors.TemporaryError(f"KuryrNetworkPolicy {namespace}/{name}: {e}",
                                     delay=10.0) from e
 
@@ -164,27 +163,6 @@ async def _release(ctx: context.Context, knp: api.Object, group_ids: list[str]) 
     await ctx.kube.set_finalizer(resources.KURYR_NETWORK_POLICIES, knp,
                                  context.POLICY_FINALIZER, present=False)
     LOG.info("networkpolicy %s/%s: security groups released", meta["namespace"], meta["name"])
-
-
-async def _report(ctx: context.Context, knp: api.Object, error: errors.KuryrError) -> None:
-    """An Event on the NetworkPolicy and the KuryrNetworkPolicy, a ``Failed`` condition on
-    the latter."""
-    meta = knp["metadata"]
-    reason, message = type(error).__name__, str(error)
-    policy = ctx.cached("networkpolicies", meta["namespace"], meta["name"])
-    if policy is not None:
-        await ctx.kube.post_event({"apiVersion": "networking.k8s.io/v1",
-                                   "kind": "NetworkPolicy", **policy},
-                                  reason=reason, message=message)
-    await ctx.kube.post_event({"apiVersion": "openstack.org/v1", "kind": "KuryrNetworkPolicy",
-                               **knp}, reason=reason, message=message)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    condition = {"type": "Failed", "status": "True", "reason": reason,
-                 "message": message[:1000], "lastTransitionTime": stamp}
-    with contextlib.suppress(errors.NotFoundError):
-        await ctx.kube.patch(resources.KURYR_NETWORK_POLICIES, meta["namespace"],
-                             meta["name"], {"status": {"conditions": [condition]}},
-                             status=True)
 
 
 def _group_name(ctx: context.Context, namespace: str, name: str, variant: str) -> str:

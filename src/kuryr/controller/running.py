@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
 import logging
 import time
@@ -35,6 +34,7 @@ from kuryr.controller import (
     pooling,
     ports,
     reacting,
+    reporting,
     servicegroups,
     services,
 )
@@ -332,28 +332,8 @@ async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
 
 async def _report(ctx: context.Context, key: reacting.Key,
                   error: errors.PermanentError) -> None:
-    """A PermanentError as an Event on the object (and on the pod of a KuryrPort) and, on
-    kuryr's own objects, a ``Failed`` condition in the status."""
+    """A PermanentError reported on the object the key names (``reporting``)."""
     kind, namespace, name = key
     resource = _KINDS.get(kind)
-    obj = ctx.cached(resource.plural, namespace or None, name) if resource else None
-    if resource is None or obj is None:
-        return
-    obj = {"apiVersion": resource.api_version, "kind": resource.kind, **obj}
-    reason = type(error).__name__
-    await ctx.kube.post_event(obj, reason=reason, message=str(error))
-    if kind in ("kuryrport", "kuryrnetworkpolicy"):  # and on what the user made
-        owner = (ctx.cached("pods", namespace, name) if kind == "kuryrport"
-                 else ctx.cached("networkpolicies", namespace, name))
-        if owner is not None:
-            kind_of = ("v1", "Pod") if kind == "kuryrport" else ("networking.k8s.io/v1",
-                                                                 "NetworkPolicy")
-            await ctx.kube.post_event({"apiVersion": kind_of[0], "kind": kind_of[1], **owner},
-                                      reason=reason, message=str(error))
-    if kind in ("kuryrport", "kuryrnetwork", "kuryrloadbalancer", "kuryrnetworkpolicy"):
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        condition = {"type": "Failed", "status": "True", "reason": reason,
-                     "message": str(error)[:1000], "lastTransitionTime": stamp}
-        with contextlib.suppress(errors.NotFoundError):
-            await ctx.kube.patch(resource, namespace, name,
-                                 {"status": {"conditions": [condition]}}, status=True)
+    if resource is not None:
+        await reporting.report(ctx, resource, namespace, name, error)
