@@ -287,6 +287,10 @@ async def _remove_cluster(neutron: client.Neutron, cloud_config: settings.KuryrS
         await networks.release_network(neutron, net.id)
     for group in await neutron.list_security_groups(tags=list(neutron.base_tags)):
         await neutron.delete_security_group(group.id)
+    # Address groups take no tags (Neutron 29): the cluster's are known by their name.
+    for address_group in await neutron.list_address_groups():
+        if address_group.name.startswith(f"kuryr-{neutron.cluster_id}-ag-"):
+            await neutron.delete_address_group(address_group.id)
 
 
 @pytest.fixture
