@@ -39,6 +39,8 @@ from kuryr.cloud import (
 
 Progress = Callable[[str], None]
 READY_TIMEOUT = 60.0
+# Seconds to wait for ovn-controller's Datapath row (``provisioning.disable_zero_snat``).
+ZERO_SNAT_WAIT = 15.0
 # How long a Neutron that was already running may take to become healthy before it is
 # restarted (it answers within seconds when it is well).
 RUNNING_NEUTRON_GRACE = 20.0
@@ -87,6 +89,8 @@ def up(cloud: layout.CloudLayout, *, progress: Progress = _quiet) -> CloudStatus
     with _locked(cloud, progress):
         catalog = {s.name: s for s in services.catalog(cloud)}
         if _is_up(cloud, catalog):
+            if provisioning.disable_zero_snat(cloud):
+                progress("zero SNAT turned off for OVN's commits (ovs-vswitchd had restarted)")
             _ensure_quotas(cloud, progress)
             progress("the local cloud is already up")
             return status(cloud)
@@ -166,6 +170,7 @@ def _bring_up(cloud: layout.CloudLayout, catalog: dict[str, services.Service],
         provisioning.init_ovn_databases(cloud)
     ensure("ovn-northd")
     ensure("ovn-controller")
+    provisioning.disable_zero_snat(cloud, wait=ZERO_SNAT_WAIT)
     if ensure("mariadb", sockets=(cloud.mysql_socket,),
               before=lambda: provisioning.ensure_mariadb_datadir(cloud, progress=progress)):
         provisioning.ensure_neutron_database(cloud)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 
@@ -90,6 +91,39 @@ def configure_switch(cloud: layout.CloudLayout) -> None:
     argv += [f'external_ids:{key}="{value}"' for key, value in ids.items()]
     commands.run(argv, step="configuring Open vSwitch", log=cloud.log("ovs-vsctl"),
                  env=cloud.tool_environment())
+
+
+def disable_zero_snat(cloud: layout.CloudLayout, *, wait: float = 0.0) -> bool:
+    """Tell ovn-controller that this datapath cannot do all-zero SNAT, so that OVN commits
+    stateful ACL connections without ``nat(src)``.
+
+    Open vSwitch 3.1.0's userspace conntrack aborts (``assertion conn->conn_type ==
+    CT_CONN_TYPE_DEFAULT failed in conn_update_state()``) on reply packets of such
+    connections now and then: about once a minute under the NetworkPolicy truth table's
+    churn, never once without it. The capability is the datapath's own report
+    (``Datapath:capabilities``), written when ovs-vswitchd starts; ovn-controller reads it
+    and recomputes. ``wait`` seconds for the row ovn-controller makes. True when a value was
+    changed. Raises CloudError when ovs-vsctl fails.
+    """
+    deadline = time.monotonic() + wait
+    env = cloud.tool_environment()
+    while True:
+        listed = commands.run(["ovs-vsctl", f"--db={cloud.ovsdb_connection}", "--timeout=10",
+                               "--format=json", "--columns=_uuid,capabilities", "list",
+                               "Datapath"], step="reading the datapath's capabilities",
+                              log=cloud.log("ovs-vsctl"), env=env)
+        rows = json.loads(listed).get("data") or []
+        enabled = [row[0][1] for row in rows
+                   if ["ct_zero_snat", "true"] in (row[1][1] if row[1][0] == "map" else [])]
+        known = [row for row in rows if row[1][0] == "map" and row[1][1]]
+        if known or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    for uuid_ in enabled:
+        commands.run(["ovs-vsctl", f"--db={cloud.ovsdb_connection}", "--timeout=10", "set",
+                      "Datapath", uuid_, "capabilities:ct_zero_snat=false"],
+                     step="turning off zero SNAT for OVN", log=cloud.log("ovs-vsctl"), env=env)
+    return bool(enabled)
 
 
 def remove_bridge(cloud: layout.CloudLayout) -> None:

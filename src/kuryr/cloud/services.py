@@ -83,9 +83,8 @@ def catalog(cloud: layout.CloudLayout) -> tuple[Service, ...]:
               "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"),
         Service(
             name="ovs-vswitchd",
-            # --monitor: restarted at once if it crashes. Open vSwitch 3.1.0's userspace
-            # conntrack can abort on an assertion (conn_update_state) while ACLs of ports
-            # with traffic change (seen with NetworkPolicy churn, README "Local cloud").
+            # --monitor: restarted at once if it crashes (Open vSwitch 3.1.0's userspace
+            # conntrack can abort on an assertion: provisioning.disable_zero_snat).
             argv=("ovs-vswitchd", cloud.ovsdb_connection, "--monitor",
                   f"--pidfile={ovs_run / 'ovs-vswitchd.pid'}", *quiet),
             pidfile=ovs_run / "ovs-vswitchd.pid", log=cloud.log("ovs-vswitchd"),
