@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 
 from kuryr import settings
+from kuryr.controller import collecting, context
+from kuryr.k8s import api
 from kuryr.linux import namespaces as linux_namespaces
 from tests.conftest import RUN_ID
 from tests.k8s import backends
@@ -598,4 +600,32 @@ async def test_an_open_flow_is_cut_when_its_allow_goes(world: World) -> None:
         if stream.returncode is None:
             stream.kill()
         await stream.wait()
+    await world.enforced("policies deleted", world.apply())
+
+
+async def test_gc_removes_groups_whose_policy_is_gone(world: World) -> None:
+    """``kuryr gc``'s search (owners listed from the API): a security group tagged for a
+    NetworkPolicy that no longer exists and an address group no KuryrNetworkPolicy names are
+    orphans; the live policy's groups and the nodes' address group are not."""
+    cluster = world.cluster
+    neutron = cluster.neutron
+    await world.enforced("a live policy", world.apply(netpol("x", "live", {
+        "ingress": [{"from": [{"podSelector": pod_is("b")}]}]})))
+    stale = await neutron.create_security_group(
+        f"kuryr-np-{cluster.cluster_id}-x-gone", tags=[context.policy_tag(uuid.uuid4().hex)])
+    unused = await neutron.create_address_group(f"kuryr-{cluster.cluster_id}-ag-{'0' * 20}")
+    kube = await api.connect(cluster.config.kubernetes)
+    try:
+        orphans = await collecting.find_orphans(
+            neutron, lambda: collecting.listed_owners(kube, cluster.cluster_id))
+        assert {(o.kind, o.resource_id) for o in orphans} == {
+            ("securitygroup", stale.id), ("addressgroup", unused.id)}, orphans
+        assert await collecting.remove(neutron, orphans) == []
+        again = await collecting.find_orphans(
+            neutron, lambda: collecting.listed_owners(kube, cluster.cluster_id))
+        assert again == []
+    finally:
+        await kube.close()
+        await neutron.delete_security_group(stale.id)
+        await neutron.delete_address_group(unused.id)
     await world.enforced("policies deleted", world.apply())

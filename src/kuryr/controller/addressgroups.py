@@ -39,18 +39,23 @@ async def ensure(ctx: context.Context, peers: Mapping[str, policyspec.Peer],
     """The IDs of the address groups of ``peers`` (by name), made with their current
     members if missing. Raises TemporaryError, PermanentError."""
     async with ctx.address_group_lock:
-        state = await _load(ctx)
-        for name, peer in sorted(peers.items()):
-            if name in state:
-                continue
-            view = view or policyview.build(ctx)
-            wanted = _wanted(peer, view)
-            group = await ctx.neutron.create_address_group(
-                name, addresses=sorted(wanted), description=_describe(peer),
-                project_id=ctx.config.kubernetes.project_id or None)
-            state[name] = context.AddressGroupState(group.id, set(wanted))
-            LOG.info("address group %s: %s (%d addresses)", name, group.id, len(wanted))
-        return {name: state[name].id for name in peers}
+        return await _ensure(ctx, peers, view)
+
+
+async def _ensure(ctx: context.Context, peers: Mapping[str, policyspec.Peer],
+                  view: policyspec.View | None) -> dict[str, str]:
+    state = await _load(ctx)
+    for name, peer in sorted(peers.items()):
+        if name in state:
+            continue
+        view = view or policyview.build(ctx)
+        wanted = _wanted(peer, view)
+        group = await ctx.neutron.create_address_group(
+            name, addresses=sorted(wanted), description=_describe(peer),
+            project_id=ctx.config.kubernetes.project_id or None)
+        state[name] = context.AddressGroupState(group.id, set(wanted))
+        LOG.info("address group %s: %s (%d addresses)", name, group.id, len(wanted))
+    return {name: state[name].id for name in peers}
 
 
 def wanted_peers(ctx: context.Context) -> dict[str, policyspec.Peer]:
@@ -66,10 +71,12 @@ def wanted_peers(ctx: context.Context) -> dict[str, policyspec.Peer]:
 async def handle(ctx: context.Context) -> float | None:
     """Make every address group hold exactly its peers' addresses; delete those no policy
     needs."""
-    peers = wanted_peers(ctx)
-    view = policyview.build(ctx)
-    await ensure(ctx, peers, view)
     async with ctx.address_group_lock:
+        # Read under the lock: a policy's ``ensure`` may just have made a group its
+        # KuryrNetworkPolicy (already in the cache) names; it must not look unwanted here.
+        peers = wanted_peers(ctx)
+        view = policyview.build(ctx)
+        await _ensure(ctx, peers, view)
         state = await _load(ctx)
         for name, peer in sorted(peers.items()):
             group = state[name]

@@ -108,6 +108,8 @@ class Context:
         default_factory=dict)
     address_groups: dict[str, AddressGroupState] | None = None
     address_group_lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    # Port ID -> the security groups it was last given or seen with (``podgroups``).
+    port_groups: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def cached(self, plural: str, namespace: str | None, name: str) -> api.Object | None:
         return self.informers[plural].get(namespace, name)

@@ -19,7 +19,6 @@ import logging
 from kuryr import errors
 from kuryr.controller import context, policyspec, sgrules
 from kuryr.k8s import api
-from kuryr.neutron import resources
 
 LOG = logging.getLogger(__name__)
 ALLOW = {"ingress": "allow-ingress", "egress": "allow-egress"}
@@ -97,12 +96,28 @@ def owner_uid(knp: api.Object) -> str | None:
     return None
 
 
-async def apply(ctx: context.Context, port: resources.Port, pod: api.Object) -> None:
-    """Give the port the pod's groups if it has others. Raises TemporaryError,
-    PermanentError."""
+async def handle_pod(ctx: context.Context, namespace: str, name: str) -> float | None:
+    """Give the pod's port (the one its KuryrPort status names) the pod's groups, if it has
+    others. What a port has is remembered (``Context.port_groups``) once set or read, so a
+    policy change costs one Neutron call per pod whose groups change, none for the rest."""
+    pod = ctx.cached("pods", namespace, name)
+    kuryr_port = ctx.cached("kuryrports", namespace, name)
+    if pod is None or kuryr_port is None or pod["metadata"].get("deletionTimestamp"):
+        return None
+    vif = (((kuryr_port.get("status") or {}).get("vifs") or {}).get("eth0") or {}).get("vif")
+    port_id = vif.get("port_id") if isinstance(vif, dict) else None
+    if not port_id:
+        return None  # the port is given its groups when it is made or taken from the pool
     wanted = of_pod(ctx, pod)
-    if set(port.security_group_ids) != set(wanted):
-        await ctx.neutron.update_port(port.id, security_group_ids=list(wanted))
-        meta = pod["metadata"]
-        LOG.info("pod %s/%s: security groups %s", meta["namespace"], meta["name"],
-                 ",".join(wanted))
+    have = ctx.port_groups.get(str(port_id))
+    if have is None:
+        try:
+            port = await ctx.neutron.get_port(str(port_id))
+        except errors.NotFoundError:
+            return None  # the KuryrPort's handler gives the pod another
+        have = tuple(sorted(port.security_group_ids))
+    if set(have) != set(wanted):
+        await ctx.neutron.update_port(str(port_id), security_group_ids=list(wanted))
+        LOG.info("pod %s/%s: security groups %s", namespace, name, ",".join(wanted))
+    ctx.port_groups[str(port_id)] = wanted
+    return None

@@ -132,14 +132,19 @@ async def _apply(ctx: context.Context, knp: api.Object, uid: str,
         made[variant] = group.id
         if variant == "base":
             base_made = now
-    status = {"securityGroupId": made["base"], "podSelector": spec.get("podSelector") or {},
-              "securityGroupRules": [_rule_status(r)
-                                     for r in sorted(base_made, key=lambda r: r.id)],
-              "securityGroups": made, "addressGroups": group_ids, "conditions": None}
+    status: dict[str, Any] = {
+        "securityGroupId": made["base"], "podSelector": spec.get("podSelector") or {},
+        "securityGroupRules": [_rule_status(r) for r in sorted(base_made, key=lambda r: r.id)],
+        "securityGroups": made, "addressGroups": group_ids, "conditions": None}
     current = knp.get("status") or {}
     if any(current.get(k) != v for k, v in status.items()):
+        # A merge patch keeps the keys it does not name: name the gone ones as null.
+        patch = dict(status)
+        for key in ("securityGroups", "addressGroups"):
+            gone = set(current.get(key) or {}) - set(status[key])
+            patch[key] = {**{k: None for k in gone}, **status[key]}
         await ctx.kube.patch(resources.KURYR_NETWORK_POLICIES, namespace, name,
-                             {"status": status}, status=True)
+                             {"status": patch}, status=True)
     # Variants no selected pod resolves to any more: gone once no port uses them.
     for group in groups:
         if group.id not in made.values():

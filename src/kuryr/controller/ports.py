@@ -143,11 +143,14 @@ async def _claim(ctx: context.Context, kuryr_port: api.Object, placement: placin
                 except BaseException:
                     await ctx.neutron.delete_port(taken.port.id)  # never handed to anyone
                     raise
+            if wanted is not None:
+                ctx.port_groups[taken.port.id] = tuple(wanted)
             return context.Claim(taken.port.id, _vif_dict(taken.vif, is_active=False),
                                  pooled=taken)
     if wanted != placement.security_group_ids:
         placement = dataclasses.replace(placement, security_group_ids=wanted)
     port = await _ensure_port(ctx, kuryr_port, placement, pod_uid)
+    ctx.port_groups[port.id] = tuple(port.security_group_ids)
     vif = await ctx.neutron.vif_for_port(port)
     return context.Claim(port.id, _vif_dict(vif, is_active=port.is_active))
 
@@ -191,10 +194,6 @@ async def _follow(ctx: context.Context, kuryr_port: api.Object, port_id: str,
         await ctx.kube.patch(resources.KURYR_PORTS, meta["namespace"], meta["name"],
                              {"status": {"vifs": None}}, status=True)
         return None
-    if podgroups.is_on(ctx):
-        pod = ctx.cached("pods", meta["namespace"], meta["name"])
-        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
-            await podgroups.apply(ctx, port, pod)
     # Rewriting the owner in Neutron waits until the pod has its network, or has waited
     # ADOPT_AFTER (a controller that restarted knows no wait): on a busy Neutron the update
     # would slow the very ACTIVE the pod waits for. Meanwhile the status records the owner.
@@ -248,6 +247,7 @@ async def _release(ctx: context.Context, kuryr_port: api.Object, pod_uid: str) -
     claim = ctx.claims.pop(pod_uid, None)
     port_ids.update(i for i in (recorded, claim and claim.port_id) if i)
     for port_id in sorted(port_ids):
+        ctx.port_groups.pop(port_id, None)
         if ctx.active_ports is not None:
             ctx.active_ports.forget(port_id)
         await ctx.neutron.delete_port(port_id)

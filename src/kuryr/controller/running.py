@@ -265,14 +265,14 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
 
 
 def _route_policies(ctx: context.Context, plural: str, namespace: str, name: str) -> None:
-    """Which NetworkPolicy handlers a change concerns: a pod's groups (``kuryrport``), the
+    """Which NetworkPolicy handlers a change concerns: a pod's groups (``podgroups``), the
     address groups (one key), a policy's variants, and the translations that depend on pods
     and Services (policies with egress rules: named ports, Service VIPs)."""
     trigger = ctx.reactor.trigger
 
     def pods_of(ns: str) -> None:
         for pod in ctx.informers["pods"].in_namespace(ns):
-            trigger(("kuryrport", ns, pod["metadata"]["name"]))
+            trigger(("podgroups", ns, pod["metadata"]["name"]))
 
     def with_egress() -> None:
         for policy in ctx.informers["networkpolicies"].objects.values():
@@ -281,12 +281,16 @@ def _route_policies(ctx: context.Context, plural: str, namespace: str, name: str
                 trigger(("networkpolicy", meta["namespace"], meta["name"]))
 
     if plural == "pods":
-        trigger(("kuryrport", namespace, name))
+        trigger(("podgroups", namespace, name))
         trigger(_ADDRESS_GROUPS)
         for policy in ctx.informers["networkpolicies"].in_namespace(namespace):
             trigger(("kuryrnetworkpolicy", namespace, policy["metadata"]["name"]))
         with_egress()
-    elif plural in ("kuryrports", "namespaces"):
+    elif plural == "kuryrports":
+        trigger(("podgroups", namespace, name))
+        trigger(_ADDRESS_GROUPS)
+        with_egress()
+    elif plural == "namespaces":
         trigger(_ADDRESS_GROUPS)
         with_egress()
     elif plural == "nodes":
@@ -327,6 +331,8 @@ async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
         return await policies.handle_kuryrpolicy(ctx, namespace, name)
     if kind == "addressgroups":
         return await addressgroups.handle(ctx)
+    if kind == "podgroups":
+        return await podgroups.handle_pod(ctx, namespace, name)
     raise errors.PermanentError(f"no handler for {kind}")
 
 
