@@ -147,7 +147,7 @@ async def _apply(ctx: context.Context, knp: api.Object, uid: str,
                              {"status": patch}, status=True)
     # Variants no selected pod resolves to any more: gone once no port uses them.
     for group in groups:
-        if group.id not in made.values():
+        if group.id not in made.values() and not _held(ctx, group.id):
             try:
                 await ctx.neutron.delete_security_group(group.id)
             except errors.PermanentError as e:
@@ -158,6 +158,9 @@ async def _apply(ctx: context.Context, knp: api.Object, uid: str,
 async def _release(ctx: context.Context, knp: api.Object, group_ids: list[str]) -> None:
     meta = knp["metadata"]
     for group_id in sorted(group_ids):
+        if _held(ctx, group_id):
+            raise errors.TemporaryError(f"security group {group_id}: a pod's port is still "
+                                        "being moved off it", delay=0.5)
         try:
             await ctx.neutron.delete_security_group(group_id)
         except errors.NotFoundError:
@@ -168,6 +171,16 @@ async def _release(ctx: context.Context, knp: api.Object, group_ids: list[str]) 
     await ctx.kube.set_finalizer(resources.KURYR_NETWORK_POLICIES, knp,
                                  context.POLICY_FINALIZER, present=False)
     LOG.info("networkpolicy %s/%s: security groups released", meta["namespace"], meta["name"])
+
+
+def _held(ctx: context.Context, group_id: str) -> bool:
+    """Whether a port still had the group when kuryr last set or read its groups. Neutron
+    lets a group be deleted once its ports' database rows no longer name it, before ML2/OVN
+    has moved them between port groups; a port update whose OVN transaction then meets the
+    deleted port group fails whole (ML2 logs it, the API call succeeds), leaving the port out
+    of its new groups in OVN. So a group goes only once every update of ours that moves a
+    port off it has returned."""
+    return any(group_id in groups for groups in ctx.port_groups.values())
 
 
 def _group_name(ctx: context.Context, namespace: str, name: str, variant: str) -> str:
