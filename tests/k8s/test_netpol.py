@@ -291,15 +291,7 @@ async def test_changes_are_enforced_without_rewriting_rules(world: World) -> Non
 
     def relabel(kind: k8s.Resource, namespace: str | None, name: str,
                 labels: dict[str, str | None]) -> float:
-        def apply(obj: dict[str, Any]) -> dict[str, Any]:
-            current = obj["metadata"].setdefault("labels", {})
-            for key, value in labels.items():
-                if value is None:
-                    current.pop(key, None)
-                else:
-                    current[key] = value
-            return obj
-        store.patch(kind, namespace, name, apply)
+        store.patch(kind, namespace, name, _labelled(labels))
         return time.monotonic()
 
     try:

@@ -194,7 +194,7 @@ def _rule_status(rule: Any) -> dict[str, Any]:
              "protocol": rule.protocol, "port_range_min": rule.port_range_min,
              "port_range_max": rule.port_range_max,
              "remote_ip_prefix": rule.remote_ip_prefix,
-             "remote_address_group_id": getattr(rule, "remote_address_group_id", None),
+             "remote_address_group_id": rule.remote_address_group_id,
              "description": rule.description}
     return {k: v for k, v in found.items() if v is not None}
 

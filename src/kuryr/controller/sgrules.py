@@ -11,10 +11,11 @@ rule that is not wanted.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from kuryr.controller import context
 from kuryr.neutron import resources
@@ -22,17 +23,9 @@ from kuryr.neutron import resources
 LOG = logging.getLogger(__name__)
 
 
-class Rule(NamedTuple):
-    """A rule in Neutron's canonical form (the description is not part of it)."""
-
-    direction: str
-    ethertype: str
-    protocol: str | None = None
-    port_range_min: int | None = None
-    port_range_max: int | None = None
-    remote_ip_prefix: str | None = None
-    remote_group_id: str | None = None
-    remote_address_group_id: str | None = None
+# A rule in Neutron's canonical form: the adapter's spec, whose equality leaves out the
+# description as Neutron's duplicate check does.
+Rule = resources.RuleSpec
 
 
 def canonical(direction: str, ethertype: str, protocol: str | None = None,
@@ -52,7 +45,7 @@ def canonical(direction: str, ethertype: str, protocol: str | None = None,
 def of_neutron(rule: resources.SecurityGroupRule) -> Rule:
     return canonical(rule.direction, rule.ethertype, rule.protocol, rule.port_range_min,
                      rule.port_range_max, rule.remote_ip_prefix, rule.remote_group_id,
-                     getattr(rule, "remote_address_group_id", None))
+                     rule.remote_address_group_id)
 
 
 def of_spec(rule: Mapping[str, Any], *, address_group_id: str | None = None) -> Rule:
@@ -76,10 +69,10 @@ async def sync(ctx: context.Context, group_id: str, wanted: Iterable[Rule], *,
             extra.append(rule.id)
         else:
             have[key] = rule
-    missing = sorted(wanted - set(have), key=lambda r: tuple(map(str, r)))
+    missing = sorted(wanted - set(have), key=lambda r: tuple(map(str, dataclasses.astuple(r))))
     if missing:
         made = await ctx.neutron.create_security_group_rules(
-            group_id, [_spec(r, description) for r in missing])
+            group_id, [dataclasses.replace(r, description=description) for r in missing])
         have.update({of_neutron(r): r for r in made})
     for rule_id in extra:
         await ctx.neutron.delete_security_group_rule(rule_id)
@@ -88,6 +81,3 @@ async def sync(ctx: context.Context, group_id: str, wanted: Iterable[Rule], *,
                  len(extra))
     return list(have.values())
 
-
-def _spec(rule: Rule, description: str) -> resources.RuleSpec:
-    return resources.RuleSpec(**rule._asdict(), description=description)
