@@ -73,6 +73,9 @@ async def up(config: settings.KuryrSettings, *,
             _ping(source.netns, address.split("/")[0])
             for source, target in ((sandboxes[0], sandboxes[1]), (sandboxes[1], sandboxes[0]))
             for address in target.addresses))
+        # Neutron's status as it is now: ADD answered on ovn-controller's word, before it.
+        sandboxes = [dataclasses.replace(s, status=(await neutron.get_port(s.port_id)).status)
+                     for s in sandboxes]
         return net.id, sandboxes, pings
     finally:
         for b in binders.values():

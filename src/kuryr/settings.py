@@ -25,6 +25,7 @@ SYSTEM_CONFIG = pathlib.Path("/etc/kuryr/kuryr.conf")
 DEFAULT_STATE_DIR = pathlib.Path("/var/lib/kuryr/cloud")
 LOCAL_CLOUD_NAME = "kuryr-local"
 MODES = ("standalone", "kubernetes")  # of the node daemon, [cni_daemon] mode
+READINESS = ("auto", "ovn", "neutron")  # [binding] readiness
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +54,25 @@ class NeutronSettings:
 
 @dataclasses.dataclass(frozen=True)
 class BindingSettings:
-    """How ports are plugged on this host."""
+    """How ports are plugged on this host, and when a plugged port counts as ready.
+
+    ``readiness`` is ``ovn`` (ready once this node's ovn-controller has installed the port's
+    flows: ``external_ids:ovn-installed="true"`` on its OVS Interface, learnt from the OVSDB
+    connection kuryr holds, no Neutron call), ``neutron`` (ready once Neutron reports the port
+    ACTIVE: any ML2 backend) or ``auto`` (``ovn`` when the node is configured for
+    ovn-controller, ``external_ids:ovn-remote`` on the Open_vSwitch row; else ``neutron``).
+    """
 
     host: str = dataclasses.field(default_factory=socket.gethostname)
     ovs_bridge: str = "br-int"
     ovsdb_connection: str = "unix:/run/openvswitch/db.sock"
     ovsdb_timeout: float = 10.0
+    readiness: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.readiness not in READINESS:
+            raise errors.ConfigError(f"[binding] readiness = {self.readiness!r}: must be one "
+                                     f"of {', '.join(READINESS)}")
 
 
 @dataclasses.dataclass(frozen=True)

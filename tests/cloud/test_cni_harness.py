@@ -113,7 +113,9 @@ async def test_add_check_del(version: str, executable: pathlib.Path, daemon: cni
     assert rc == 0, result
     assert result is not None and result["cniVersion"] == version
     (port,) = await ports_of(facade, cid)
-    assert port.status == "ACTIVE" and port.device_owner == "compute:kuryr"
+    assert port.device_owner == "compute:kuryr"
+    # ADD answered on ovn-controller's word; Neutron's ACTIVE follows.
+    assert (await facade.wait_port_status(port.id, "ACTIVE", timeout=30)).is_active
     assert port.host_id == cloud_config.binding.host
     assert tagging.owner(standalone.TAG_IFNAME, "eth0") in port.tags
     (interface,) = result["interfaces"]
@@ -324,7 +326,10 @@ async def test_daemon_killed_during_add(executable: pathlib.Path, cni_net: resou
                                         cloud_config: settings.KuryrSettings,
                                         tmp_path: pathlib.Path,
                                         make_netns: Callable[[], str]) -> None:
-    victim = cni.DaemonProcess(tmp_path, config_file=cloud_config.source)
+    # Readiness from Neutron's ACTIVE, which lags: that wait is the window to kill it in (on
+    # ovn-controller's word the ADD is done within milliseconds of the port's creation).
+    victim = cni.DaemonProcess(tmp_path, config_file=cloud_config.source,
+                               env={"KURYR_BINDING_READINESS": "neutron"})
     victim.start()
     try:
         conf = cni.netconf("1.1.0", cni_net.name, socket_path=victim.socket, name="kuryr-kill")
@@ -422,7 +427,8 @@ async def test_del_then_add_same_container(executable: pathlib.Path, daemon: cni
         assert time.monotonic() < deadline, "the old port was not released"
         await asyncio.sleep(0.2)
     (new,) = await ports_of(facade, cid)
-    assert new.id != old.id and new.status == "ACTIVE"
+    assert new.id != old.id
+    assert (await facade.wait_port_status(new.id, "ACTIVE", timeout=30)).is_active
     assert out["interfaces"][0]["mac"] == new.mac
     assert await leftovers(ovs, new.id) != []  # still plugged
     seen = await asyncio.to_thread(interfaces.describe, "eth0", netns=path)

@@ -32,9 +32,10 @@ async def test_two_sandboxes_talk_through_ovn_and_security_groups_apply(
     b = await lifecycle.attach(neutron, binders, network_id=network.id, netns=ns_b,
                                ifname="eth0", host=host, tags=[TEST_TAG])
 
-    # Neutron: ACTIVE, bound to this host, owned by kuryr.
+    # Neutron: ACTIVE (soon: attach answers on ovn-controller's word), bound to this host,
+    # owned by kuryr.
     for att in (a, b):
-        port = await neutron.get_port(att.port.id)
+        port = await neutron.wait_port_status(att.port.id, "ACTIVE", timeout=30)
         assert port.status == "ACTIVE"
         assert port.host_id == host
         assert port.device_owner == "compute:kuryr"
@@ -106,7 +107,8 @@ async def test_plug_is_idempotent(neutron: client.Neutron, network: resources.Ne
                                  ifname="eth1", host=cloud_config.binding.host, tags=[TEST_TAG])
     again = await lifecycle.plug_existing(neutron, binders, port_id=att.port.id, netns=ns,
                                           ifname="eth1", host=cloud_config.binding.host)
-    assert again.port.status == "ACTIVE"
+    assert again.vif.is_active
+    assert (await neutron.wait_port_status(att.port.id, "ACTIVE", timeout=30)).is_active
     seen = await asyncio.to_thread(interfaces.describe, "eth1", netns=ns)
     assert seen is not None and sorted(seen["addresses"]) == sorted(
         str(f.address) for f in att.vif.fixed_ips)

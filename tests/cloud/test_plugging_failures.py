@@ -86,7 +86,7 @@ async def test_port_not_active_in_time_rolls_back_everything(
         binders: dict[str, binding.Binder], cloud_config: settings.KuryrSettings,
         make_netns: Callable[[], str]) -> None:
     ns = make_netns()
-    with pytest.raises(errors.TemporaryError, match="not ACTIVE"):
+    with pytest.raises(errors.TemporaryError, match="not installed by this node's ovn-controller"):
         await lifecycle.attach(neutron, binders, network_id=network.id, netns=ns, ifname="eth0",
                                host=cloud_config.binding.host, tags=[TEST_TAG],
                                active_timeout=0.0)

@@ -123,7 +123,6 @@ async def test_cni_add_waits_for_the_vif_plugs_pods_that_ping_and_del_leaves_not
         assert result is not None
         results[name] = result
         vif = model.VIF.from_dict(cluster.vif("web", name) or {})
-        assert vif.is_active, "ADD answered before the VIF was active"
         (interface,) = result["interfaces"]
         assert interface == {"name": "eth0", "mac": vif.mac, "sandbox": f"/run/netns/{netns[name]}"}
         assert [ip["address"] for ip in result["ips"]] == [str(f.address) for f in vif.fixed_ips]
@@ -133,6 +132,11 @@ async def test_cni_add_waits_for_the_vif_plugs_pods_that_ping_and_del_leaves_not
         assert set(ids) == {vif.port_id}
         assert ids[vif.port_id][kubernetes.ID_POD] == f"web/{name}"
         assert ids[vif.port_id][kubernetes.ID_POD_UID] == pods[name]["metadata"]["uid"]
+        # ADD answered once this node's ovn-controller had installed the port; the
+        # controller records Neutron's ACTIVE afterwards, off the pod's path.
+        assert ids[vif.port_id].get("ovn-installed") == "true", "ADD answered too early"
+        await eventually(lambda n=name: (cluster.vif("web", n) or {}).get("is_active"),
+                         what=f"the VIF of web/{name} marked active")
     for target in ("b", "c"):
         address = results[target]["ips"][0]["address"].split("/")[0]
         assert await asyncio.to_thread(peers.ping_eventually, netns["a"], address,
@@ -246,14 +250,14 @@ async def test_add_without_a_vif_fails_within_its_bound_leaving_nothing_and_an_e
             f"kuryr.openstack.org/nodeName={cluster.node}"], url
 
 
-async def test_a_vif_that_never_becomes_active_is_unplugged_again(
+async def test_a_vif_that_never_becomes_ready_is_unplugged_again(
         cluster: Cluster, start_daemon: StartDaemon, cni_executable: pathlib.Path,
         ovs: ovs_binding.OvsBinder, make_netns: Callable[[], str]) -> None:
     daemon = await asyncio.to_thread(start_daemon, vif_timeout="2")
     cluster.create_namespace("stuck")
     pod = cluster.create_pod("stuck", "p")
     # A KuryrPort as the controller writes it, for a port no Neutron knows: plugging works
-    # (no Neutron call), but nothing will ever mark it active.
+    # (no Neutron call), but ovn-controller will never install it nor anything mark it active.
     port_id = str(uuid.uuid4())
     vif = model.VIF.from_dict({
         "schema": model.SCHEMA_VERSION, "port_id": port_id, "mac": "fa:16:3e:00:00:07",
@@ -271,11 +275,14 @@ async def test_a_vif_that_never_becomes_active_is_unplugged_again(
     try:
         rc, out = await run(cni_executable, "ADD", daemon, pod, container_id=cid, netns=ns)
         assert rc == 1 and out is not None and out["code"] == codes.TRY_AGAIN_LATER, out
-        assert f"(port {port_id}) to become active" in out["msg"]
+        # This node runs ovn-controller: readiness is its ovn-installed, which never comes.
+        assert f"port {port_id} (OVS interface" in out["msg"]
+        assert "was not installed by this node's ovn-controller within 2 s" in out["msg"]
+        assert "unplugged it again" in out["msg"]
         assert await asyncio.to_thread(host_side, ovs, port_id) == []
         assert not await asyncio.to_thread(interfaces.link_exists, "eth0", netns=ns)
         await eventually(lambda: any(
-            "to become active" in e["message"]
+            "not installed by this node's ovn-controller" in e["message"]
             for e in cluster.api.store.list(k8s.EVENTS, "stuck")[0]), what="Event", within=10)
     finally:
         await asyncio.to_thread(ovs.unplug_sync, port_id)

@@ -60,7 +60,8 @@ async def test_namespace_pods_get_active_ports_that_ping_then_release_everything
         rc, result = await cni_call("ADD", name)
         assert rc == 0, result
         assert result is not None and result["interfaces"][0]["mac"] == vifs[name].mac
-        assert (cluster.vif("web", name) or {}).get("is_active"), "ADD answers once active"
+        await eventually(lambda n=name: (cluster.vif("web", n) or {}).get("is_active"),
+                         what=f"the VIF of web/{name} marked active")
     for target in ("b", "c"):
         address = str(vifs[target].fixed_ips[0].address.ip)
         assert await asyncio.to_thread(peers.ping_eventually, netns["a"], address,

@@ -98,7 +98,10 @@ async def test_podman_containers_on_neutron_ports(
         for cid in ids:
             (port,) = await runtime_neutron.list_ports(
                 tags=[tagging.owner(standalone.TAG_CONTAINER, cid)])
-            assert port.status == "ACTIVE" and port.device_owner == "compute:kuryr"
+            assert port.device_owner == "compute:kuryr"
+            # podman started on ovn-controller's word; Neutron's ACTIVE follows.
+            assert (await runtime_neutron.wait_port_status(port.id, "ACTIVE",
+                                                           timeout=30)).is_active
             ports.append(port)
         assert [p.fixed_ips[0].ip_address for p in ports] == ips
         assert ports[2].security_group_ids == (only_8080.id,)

@@ -27,6 +27,12 @@ class Binder(Protocol):
         unconfigured, for a runtime that moves and configures it itself (Docker).
         Raises BindingError, PermanentError (bad ifname)."""
 
+    async def wait_ready(self, vif: model.VIF, *, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until this host's own network agent says the
+        plugged ``vif``'s data path is ready. False at once when the host has no such signal
+        (``[binding] readiness``): the caller waits for Neutron's ACTIVE instead.
+        Raises TemporaryError (not ready in time), BindingError."""
+
     async def unplug(self, vif: model.VIF, *, netns: str | None = None,
                      ifname: str | None = None) -> None:
         """Idempotent: whatever is already gone is success. Raises BindingError."""

@@ -4,6 +4,10 @@ bridge (``br-int``) with ``external_ids:iface-id=<port id>``, so that OVN claims
 
 Order matters (measured): the Neutron port must already have ``binding:host_id`` set; the
 container end gets TX checksum offload off before it moves (userspace datapath).
+
+Readiness (``wait_ready``): with ``[binding] readiness`` ``ovn`` (or ``auto`` on a node
+configured for ovn-controller) a plugged port is ready once ovn-controller has set
+``ovn-installed`` on its Interface; the OVSDB IDL tells us, no poll and no Neutron call.
 """
 
 from __future__ import annotations
@@ -34,6 +38,35 @@ class OvsBinder:
     def __init__(self, config: settings.BindingSettings) -> None:
         self.config = config
         self.ovsdb = ovs.Ovsdb(config.ovsdb_connection, timeout=config.ovsdb_timeout)
+        self._uses_ovn: bool | None = {"ovn": True, "neutron": False}.get(config.readiness)
+
+    async def uses_ovn(self) -> bool:
+        """Whether readiness comes from ovn-controller here (``auto``: looked up once)."""
+        if self._uses_ovn is None:
+            self._uses_ovn = await asyncio.to_thread(self.ovsdb.runs_ovn)
+            LOG.info("readiness of plugged ports: %s",
+                     "ovn-controller's ovn-installed" if self._uses_ovn
+                     else "Neutron's ACTIVE (this node is not configured for ovn-controller)")
+        return self._uses_ovn
+
+    async def wait_ready(self, vif: model.VIF, *, timeout: float) -> bool:
+        """Wait until ovn-controller has installed the flows of ``vif``'s port (True), or
+        return False at once when readiness is Neutron's here. Raises TemporaryError after
+        ``timeout`` seconds, BindingError."""
+        if not await self.uses_ovn():
+            return False
+        host = host_ifname(vif.port_id)
+        installed = await asyncio.to_thread(self.ovsdb.installed, host)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(installed), timeout)
+        except TimeoutError:
+            raise errors.TemporaryError(
+                f"port {vif.port_id} (OVS interface {host}) was not installed by this node's "
+                f"ovn-controller within {timeout:g} s: is ovn-controller running and connected "
+                "to the OVN Southbound DB?") from None
+        finally:
+            installed.cancel()
+        return True
 
     def close(self) -> None:
         self.ovsdb.close()

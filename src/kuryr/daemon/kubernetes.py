@@ -6,7 +6,9 @@ An informer lists and watches the KuryrPorts of this node only (label
 (``K8S_POD_NAMESPACE``, ``K8S_POD_NAME``, ``K8S_POD_UID``), waits, woken by the informer and
 bounded by ``[cni_daemon] vif_timeout``, for that pod's KuryrPort to carry a VIF, plugs it
 with the container recorded on the OVS Interface (``external_ids``), waits as long again for
-the controller to mark the VIF active, and answers with the CNI result. A failure unplugs what
+the port to be ready (this node's ovn-controller setting ``ovn-installed`` on it, learnt from
+OVSDB; where readiness is Neutron's, ``[binding] readiness``, the controller marking the VIF
+active), and answers with the CNI result. A failure unplugs what
 was plugged and posts a Warning Event on the pod. DEL finds the container's port in OVS alone,
 so it works after a daemon restart, without the KuryrPort and without a netns. CHECK compares
 ``prevResult`` with the namespace, OVS and the VIF; GC unplugs this mode's ports whose
@@ -33,7 +35,7 @@ from kuryr.binding import ovs as ovs_binding
 from kuryr.cni import codes, protocol, results
 from kuryr.daemon import locking, sandboxes
 from kuryr.k8s import api, resources, watching
-from kuryr.linux import namespaces
+from kuryr.linux import namespaces, ovs
 from kuryr.ports import lifecycle
 
 LOG = logging.getLogger(__name__)
@@ -224,8 +226,15 @@ class KubernetesMode:
             await lifecycle.plug(binder, vif, netns=request.netns, ifname=request.ifname,
                                  undo=undo, owner_ids=owner_ids)
             try:
-                await self._wait(key, functools.partial(self._is_active, pod=pod, vif=vif,
-                                                        ifname=request.ifname), timeout=bound)
+                if await binder.wait_ready(vif, timeout=bound):
+                    # This node's ovn-controller has installed the port: the data path is
+                    # ready. The controller records Neutron's ACTIVE later, off this path.
+                    self._is_active(self.informer.get(*key), pod=pod, vif=vif,
+                                    ifname=request.ifname, active=False)
+                else:
+                    await self._wait(key, functools.partial(
+                        self._is_active, pod=pod, vif=vif, ifname=request.ifname),
+                        timeout=bound)
             except TimeoutError:
                 raise codes.CniError(
                     codes.TRY_AGAIN_LATER,
@@ -234,6 +243,11 @@ class KubernetesMode:
                     "kuryr-controller marks the VIF active once Neutron reports the port "
                     "ACTIVE; check the controller, Neutron and ovn-controller on this "
                     "node") from None
+            except errors.TemporaryError as e:  # ovn-controller did not install it in time
+                raise codes.CniError(
+                    codes.TRY_AGAIN_LATER, f"pod {pod}: {e}; unplugged it again",
+                    "[binding] readiness says whose word a plugged port waits for; "
+                    "[cni_daemon] vif_timeout bounds the wait") from None
             undo.pop_all()
         LOG.info("ADD %s: pod %s on port %s in %s as %s", request.container_id[:12], pod,
                  vif.port_id, request.netns, request.ifname)
@@ -243,9 +257,9 @@ class KubernetesMode:
 
     @staticmethod
     def _is_active(kuryr_port: api.Object | None, *, pod: Pod, vif: model.VIF,
-                   ifname: str) -> bool | None:
-        """True once the plugged VIF is active; CniError 11 if the pod's KuryrPort went away
-        or now names another port."""
+                   ifname: str, active: bool = True) -> bool | None:
+        """True once the plugged VIF is active (or at once, unless ``active``); CniError 11
+        if the pod's KuryrPort went away or now names another port."""
         current = vif_of(kuryr_port, pod, ifname)
         if current is None:
             raise codes.CniError(codes.TRY_AGAIN_LATER,
@@ -255,7 +269,7 @@ class KubernetesMode:
             raise codes.CniError(codes.TRY_AGAIN_LATER,
                                  f"the VIF of pod {pod} changed from port {vif.port_id} to "
                                  f"{current.port_id} while it was being plugged; unplugged it")
-        return True if current.is_active else None
+        return True if current.is_active or not active else None
 
     def _report(self, pod: Pod, error: BaseException) -> None:
         """A Warning Event on the pod, sent in the background (the runtime is not kept
@@ -317,9 +331,14 @@ class KubernetesMode:
             for ip in previous.ips:
                 if ip.interface in (None, index) and str(ip.address) not in addresses:
                     diffs.append(f"the VIF of pod {pod} no longer has {ip.address}")
-            if not vif.is_active:
+            binder = self._ovs()
+            ids = (await asyncio.to_thread(binder.owned_ports)).get(vif.port_id)
+            if await binder.uses_ovn():
+                if ids is not None and ids.get(ovs.INSTALLED_KEY) != "true":
+                    diffs.append(f"port {vif.port_id} of pod {pod} is not installed by this "
+                                 "node's ovn-controller")
+            elif not vif.is_active:
                 diffs.append(f"the VIF of pod {pod} (port {vif.port_id}) is not active")
-            ids = (await asyncio.to_thread(self._ovs().owned_ports)).get(vif.port_id)
             if ids is None or ids.get(ID_CONTAINER) != request.container_id:
                 diffs.append(f"port {vif.port_id} is not plugged into OVS for container "
                              f"{request.container_id}")

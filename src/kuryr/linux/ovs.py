@@ -1,9 +1,13 @@
 """Open vSwitch ports through OVSDB (ovsdbapp): add a port to a bridge with the external_ids
-OVN needs, remove it, and find the ports kuryr owns. Does not touch links or namespaces.
+OVN needs, remove it, find the ports kuryr owns, and learn when the node's ovn-controller has
+installed a port's flows (``external_ids:ovn-installed="true"`` on its Interface), from the
+IDL's own change notifications. Does not touch links or namespaces.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +19,51 @@ from kuryr import errors
 
 OWNER_KEY = "owner"
 OWNER = "kuryr"
+# Set by ovn-controller on an Interface once the flows of its logical port are installed.
+INSTALLED_KEY = "ovn-installed"
+# Set on the Open_vSwitch row when this node runs (or is configured for) ovn-controller.
+OVN_REMOTE_KEY = "ovn-remote"
+
+
+class _WatchedIdl(connection.OvsdbIdl):  # type: ignore[misc]
+    """The IDL, telling waiters when an Interface gets ``ovn-installed="true"``. ``notify`` runs
+    on the connection's thread for every row change the server sends."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._waiters: dict[str, set[concurrent.futures.Future[None]]] = {}
+        self._waiters_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def add_waiter(self, name: str, future: concurrent.futures.Future[None]) -> None:
+        with self._waiters_lock:
+            self._waiters.setdefault(name, set()).add(future)
+
+    def discard_waiter(self, name: str, future: concurrent.futures.Future[None]) -> None:
+        with self._waiters_lock:
+            waiting = self._waiters.get(name)
+            if waiting is not None:
+                waiting.discard(future)
+                if not waiting:
+                    del self._waiters[name]
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if event == "delete" or not self._waiters or row._table.name != "Interface":
+            return
+        try:
+            name, ids = row.name, row.external_ids
+        except AttributeError:  # a partial row
+            return
+        if ids.get(INSTALLED_KEY) != "true":
+            return
+        with self._waiters_lock:
+            waiting = list(self._waiters.get(name, ()))
+        for future in waiting:
+            _resolve(future)
+
+
+def _resolve(future: concurrent.futures.Future[None]) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # resolved or cancelled
+        future.set_result(None)
 
 
 class Ovsdb:
@@ -30,8 +79,7 @@ class Ovsdb:
         with self._lock:
             if self._api is None:
                 try:
-                    idl = connection.OvsdbIdl.from_server(self.connection_string,
-                                                          "Open_vSwitch")
+                    idl = _WatchedIdl.from_server(self.connection_string, "Open_vSwitch")
                     conn = connection.Connection(idl=idl, timeout=int(self.timeout))
                     self._api = impl_idl.OvsdbIdl(conn, start=True)
                 except Exception as e:  # ovsdbapp raises bare Exception when unreachable
@@ -99,3 +147,29 @@ class Ovsdb:
             "Interface", columns=["name", "external_ids"]))[0]
         return {r["name"]: dict(r["external_ids"]) for r in rows
                 if r["name"] in names and r["external_ids"].get(OWNER_KEY) == OWNER}
+
+    def runs_ovn(self) -> bool:
+        """Whether this node is configured for ovn-controller (``external_ids:ovn-remote`` on
+        the Open_vSwitch row). Raises BindingError."""
+        api = self._get_api()
+        ids = self._run("lookup of the Open_vSwitch row",
+                        api.db_get("Open_vSwitch", ".", "external_ids"))[0]
+        return bool((ids or {}).get(OVN_REMOTE_KEY))
+
+    def installed(self, port: str) -> concurrent.futures.Future[None]:
+        """A future resolved once the Interface ``port`` carries ``ovn-installed="true"``
+        (at once if it does already). Cancel it when no longer waiting. Raises BindingError."""
+        api = self._get_api()
+        idl: _WatchedIdl = api.idl
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        idl.add_waiter(port, future)
+        future.add_done_callback(lambda f: idl.discard_waiter(port, f))
+        try:
+            # Read after registering: a change landing in between resolves the future anyway.
+            ids = self.port_external_ids(port)
+        except BaseException:
+            future.cancel()
+            raise
+        if ids is not None and ids.get(INSTALLED_KEY) == "true":
+            _resolve(future)
+        return future

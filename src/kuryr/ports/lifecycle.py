@@ -1,9 +1,11 @@
 """Attach a container to a Neutron network and detach it again.
 
 ``attach`` creates the port with ``binding:host_id`` set (before plugging: a port plugged
-first stays DOWN for good), plugs it with the binder of its VIF type, and waits for ACTIVE
-with a bound. Each step registers its undo first, so a failure or a cancellation anywhere
-leaves no port, veth or OVS port behind. ``detach`` is idempotent.
+first stays DOWN for good), plugs it with the binder of its VIF type, and waits, bounded, for
+it to be ready: for this node's ovn-controller to have installed its flows where the binder
+can tell (``Binder.wait_ready``, ``[binding] readiness``), else for Neutron's ACTIVE. Each
+step registers its undo first, so a failure or a cancellation anywhere leaves no port, veth
+or OVS port behind. ``detach`` is idempotent.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
                  fixed_ips: Sequence[Mapping[str, str]] | None = None,
                  project_id: str | None = None, name: str = "",
                  active_timeout: float = 30.0, mtu: int | None = None) -> Attachment:
-    """Create, plug and activate a port for a container (``mtu`` lowers the network's).
+    """Create and plug a port for a container and wait until it is ready (``mtu`` lowers the
+    network's).
 
     Raises NotFoundError, QuotaExceededError, PermanentError, TemporaryError (Neutron or the
-    ACTIVE bound), NamespaceNotFoundError, BindingError. Nothing is left behind on failure.
+    readiness bound), NamespaceNotFoundError, BindingError. Nothing is left behind on failure.
     """
     # Cheap checks first: a bad name or a missing namespace costs no Neutron round trip.
     interfaces.check_ifname(ifname)
@@ -62,8 +65,8 @@ async def plug_existing(neutron: client.Neutron, binders: Mapping[str, binding.B
                         port_id: str, netns: str, ifname: str, host: str,
                         active_timeout: float = 30.0, mtu: int | None = None) -> Attachment:
     """Plug a port that already exists (made by a controller or a Docker ``CreateEndpoint``):
-    bind it to ``host`` if it is not, plug it and wait for ACTIVE. On failure the port is
-    unplugged again but not deleted.
+    bind it to ``host`` if it is not, plug it and wait until it is ready. On failure the port
+    is unplugged again but not deleted.
 
     Raises NotFoundError (no such port), TemporaryError, NamespaceNotFoundError, BindingError.
     """
@@ -80,8 +83,8 @@ async def plug_existing_host_side(neutron: client.Neutron,
                                   active_timeout: float = 30.0) -> Attachment:
     """Plug a port that already exists for a runtime that moves the interface into the
     container itself (Docker's ``Join``): bind it to ``host`` if it is not, plug it with the
-    container end left in the host namespace as ``peer_ifname``, and (``wait_active``) wait for
-    ACTIVE. On failure the port is unplugged again but not deleted.
+    container end left in the host namespace as ``peer_ifname``, and (``wait_active``) wait
+    until it is ready. On failure the port is unplugged again but not deleted.
 
     Raises NotFoundError (no such port), TemporaryError, BindingError, PermanentError.
     """
@@ -93,10 +96,10 @@ async def plug_existing_host_side(neutron: client.Neutron,
     async with contextlib.AsyncExitStack() as undo:
         undo.push_async_callback(_rollback_unplug, binder, vif)
         await binder.plug_host_side(vif, peer_ifname=peer_ifname)
-        if wait_active:
-            port = await neutron.wait_port_status(port.id, "ACTIVE", timeout=active_timeout)
+        ready = wait_active and await wait_ready(neutron, binder, port, vif,
+                                                 timeout=active_timeout)
         undo.pop_all()
-    return Attachment(port=port, vif=dataclasses.replace(vif, is_active=port.is_active),
+    return Attachment(port=port, vif=dataclasses.replace(vif, is_active=ready),
                       netns="", ifname=peer_ifname)
 
 
@@ -109,10 +112,20 @@ async def _plug_and_activate(neutron: client.Neutron, binders: Mapping[str, bind
     binder = binding.binder_for(dict(binders), vif)
     async with contextlib.AsyncExitStack() as undo:
         await plug(binder, vif, netns=netns, ifname=ifname, undo=undo)
-        port = await neutron.wait_port_status(port.id, "ACTIVE", timeout=active_timeout)
+        await wait_ready(neutron, binder, port, vif, timeout=active_timeout)
         undo.pop_all()
     return Attachment(port=port, vif=dataclasses.replace(vif, is_active=True), netns=netns,
                       ifname=ifname)
+
+
+async def wait_ready(neutron: client.Neutron, binder: binding.Binder, port: resources.Port,
+                     vif: model.VIF, *, timeout: float) -> bool:
+    """Wait, at most ``timeout`` seconds, until the plugged port's data path is ready: the
+    binder's own signal where it has one (ovn-controller's ``ovn-installed``), else Neutron's
+    ACTIVE. Returns True. Raises TemporaryError (not ready in time), BindingError."""
+    if not await binder.wait_ready(vif, timeout=timeout):
+        await neutron.wait_port_status(port.id, "ACTIVE", timeout=timeout)
+    return True
 
 
 async def plug(binder: binding.Binder, vif: model.VIF, *, netns: str, ifname: str,
