@@ -23,6 +23,27 @@ from typing import Any, TypeVar
 from kuryr import errors
 
 LOG = logging.getLogger(__name__)
+
+
+class Deferred:
+    """Stands for ``getattr(owner, name)`` (an SDK connection's service proxy) without
+    resolving it: each attribute is a callable that resolves the proxy when called. An adapter
+    can then name ``proxy.create_port`` on the event loop and run it in its thread pool, where
+    the proxy's first resolution (endpoint discovery: HTTP up to the SDK's timeout) happens,
+    and where a failure of it is mapped like the call's own."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self._owner = owner
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Callable[..., Any]:
+        owner, name = self._owner, self._name
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return getattr(getattr(owner, name), attribute)(*args, **kwargs)
+
+        call.__name__ = attribute
+        return call
 _T = TypeVar("_T")
 # (operation, result, seconds): what a facade tells its observer (metrics) after each call.
 Observer = Callable[[str, str, float], None]

@@ -9,6 +9,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -177,6 +178,64 @@ async def test_neutron_down_is_temporary_with_a_hint() -> None:
             await facade.list_networks()
     finally:
         facade.close()
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers (a Neutron that
+    hangs); yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+async def test_a_hanging_neutron_never_blocks_the_event_loop() -> None:
+    """The SDK discovers Neutron's endpoint on first use, blocking for up to its timeout:
+    that must happen in the facade's threads, or CNI, health and informers stall with it."""
+    with silent_server() as url:
+        hanging = settings.NeutronSettings(endpoint_override=url, auth_type="none", timeout=2)
+        facade = client.Neutron(connecting.connect(hanging), cluster_id="t")
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.02)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        try:
+            started = time.monotonic()
+            with pytest.raises(errors.TemporaryError):
+                await facade.list_networks()
+            took = time.monotonic() - started
+        finally:
+            ticker.cancel()
+            facade.close()
+        assert took >= 1.5, f"the call did not wait for the hanging Neutron ({took:.2f} s)"
+        blocked = max(gaps, default=took)  # no tick at all: blocked the whole time
+        assert blocked < 0.5, f"the event loop was blocked for {blocked:.2f} s"
 
 
 class ResettingProxy:

@@ -41,12 +41,10 @@ class Facade:
 
     @property
     def _net(self) -> Any:
-        """The SDK's network proxy. Its first use discovers the endpoint, which fails when
-        Neutron is down: mapped like any other failure (TemporaryError)."""
-        try:
-            return self._conn.network
-        except Exception as e:
-            raise failures.translate(e, "connect to Neutron") from e
+        """The SDK's network proxy, resolved where it is used: in the pool's threads. Its
+        first resolution discovers the endpoint (HTTP, up to the SDK's timeout, failing while
+        Neutron is down), which must never run on the event loop."""
+        return calling.Deferred(self._conn, "network")
 
     async def _call(self, what: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await calling.call(self._pool, fn, *args, what=what,

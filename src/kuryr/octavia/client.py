@@ -65,12 +65,10 @@ class Octavia:
 
     @property
     def _lb(self) -> Any:
-        """The SDK's load-balancer proxy. Its first use discovers the endpoint, which fails when
-        Octavia is down: mapped like any other failure (TemporaryError)."""
-        try:
-            return self._conn.load_balancer
-        except Exception as e:
-            raise failures.translate(e, "connect to Octavia") from e
+        """The SDK's load-balancer proxy, resolved where it is used: in the pool's threads. Its
+        first resolution discovers the endpoint (HTTP, failing while Octavia is down), which
+        must never run on the event loop."""
+        return calling.Deferred(self._conn, "load_balancer")
 
     async def _call(self, operation: str, what: str, fn: Callable[..., _T], *args: Any,
                     **kwargs: Any) -> _T:
