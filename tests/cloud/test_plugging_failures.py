@@ -109,3 +109,38 @@ async def test_bad_interface_name_creates_nothing(
                                ifname="this-name-is-too-long", host=cloud_config.binding.host,
                                tags=[TEST_TAG])
     assert await _kuryr_ports(neutron, network) == []
+
+
+async def test_a_cancelled_attach_leaves_nothing_at_any_moment(
+        neutron: client.Neutron, network: resources.Network,
+        binders: dict[str, binding.Binder], cloud_config: settings.KuryrSettings,
+        make_netns: Callable[[], str]) -> None:
+    """A runtime that gives up cancels ADD wherever it is: in the port's create (whose thread
+    goes on and makes the port anyway), in the plug (whose thread goes on plugging), in the
+    wait for readiness. Each time, once things settle, nothing is left."""
+    binder = binders["ovs"]
+    assert isinstance(binder, ovs_binding.OvsBinder)
+    tag = f"kt-cancel-{uuid.uuid4().hex[:8]}"
+    made: set[str] = set()
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8):
+        attaching = asyncio.create_task(lifecycle.attach(
+            neutron, binders, network_id=network.id, netns=make_netns(), ifname="eth0",
+            host=cloud_config.binding.host, tags=[TEST_TAG, tag]))
+        await asyncio.sleep(delay)
+        attaching.cancel()
+        try:
+            att = await attaching
+        except asyncio.CancelledError:
+            pass
+        else:  # done before the cancel: detach it as its runtime's DEL would
+            await lifecycle.detach(neutron, binders, port_id=att.port.id)
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        ports = await neutron.list_ports(network_id=network.id, tags=[tag])
+        made |= {p.id for p in ports}
+        if not ports or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert ports == [], f"ports left by cancelled attaches: {[p.id for p in ports]}"
+    for port_id in made:
+        assert await leftovers(binder, port_id) == []

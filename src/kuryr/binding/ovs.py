@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kuryr import errors, model, settings
 from kuryr.linux import interfaces, namespaces, ovs
@@ -26,6 +27,19 @@ LOG = logging.getLogger(__name__)
 def host_ifname(port_id: str) -> str:
     """The host end's name, as Neutron names taps: ``tap`` + the first 11 chars of the port."""
     return ("tap" + port_id)[: interfaces.IFNAMSIZ - 1]
+
+
+async def _to_thread_to_the_end(fn: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run ``fn`` in a thread; if the caller is cancelled meanwhile, wait for the thread to
+    finish before the cancellation goes on, so that a rollback (unplug) never races a plug
+    still running (which would leave what it made after the rollback)."""
+    running = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
 
 
 def _temp_ifname(port_id: str) -> str:
@@ -80,8 +94,8 @@ class OvsBinder:
 
         Raises NamespaceNotFoundError, BindingError, PermanentError (bad ifname).
         """
-        await asyncio.to_thread(self.plug_sync, vif, netns=netns, ifname=ifname,
-                                owner_ids=owner_ids)
+        await _to_thread_to_the_end(self.plug_sync, vif, netns=netns, ifname=ifname,
+                                    owner_ids=owner_ids)
 
     async def unplug(self, vif: model.VIF, *, netns: str | None = None,
                      ifname: str | None = None) -> None:
@@ -94,7 +108,7 @@ class OvsBinder:
 
         Raises BindingError, PermanentError (bad ifname).
         """
-        await asyncio.to_thread(self.plug_host_side_sync, vif, peer_ifname=peer_ifname)
+        await _to_thread_to_the_end(self.plug_host_side_sync, vif, peer_ifname=peer_ifname)
 
     def plug_host_side_sync(self, vif: model.VIF, *, peer_ifname: str) -> None:
         interfaces.check_ifname(peer_ifname)

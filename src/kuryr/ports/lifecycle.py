@@ -10,10 +10,12 @@ or OVS port behind. ``detach`` is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any
 
 from kuryr import binding, errors, model
 from kuryr.linux import interfaces, namespaces
@@ -50,9 +52,16 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
     interfaces.check_ifname(ifname)
     namespaces.resolve(netns)
     async with contextlib.AsyncExitStack() as undo:
-        port = await neutron.create_port(
+        # The create goes on in its thread if this is cancelled: the port it makes is deleted
+        # once it exists (in the background), not left behind.
+        creating = asyncio.ensure_future(neutron.create_port(
             network_id, tags=tags, name=name, host_id=host, device_owner=DEVICE_OWNER,
-            security_group_ids=security_group_ids, fixed_ips=fixed_ips, project_id=project_id)
+            security_group_ids=security_group_ids, fixed_ips=fixed_ips, project_id=project_id))
+        try:
+            port = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            _spawn(_delete_when_made(neutron, creating))
+            raise
         undo.push_async_callback(_rollback, "delete port", neutron.delete_port, port.id)
         attachment = await _plug_and_activate(neutron, binders, port, netns=netns,
                                               ifname=ifname, active_timeout=active_timeout,
@@ -152,11 +161,36 @@ async def detach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
         await neutron.delete_port(port_id)
 
 
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _spawn(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+async def _delete_when_made(neutron: client.Neutron,
+                            creating: asyncio.Future[resources.Port]) -> None:
+    """Delete the port of a create whose caller was cancelled, once the create returns."""
+    try:
+        port = await creating
+    except Exception:  # nothing was made (or nothing is known of it)
+        return
+    LOG.info("deleting port %s: the request that created it was cancelled", port.id)
+    await _rollback("delete port", neutron.delete_port, port.id)
+
+
 async def _rollback(what: str, step: Callable[[str], Awaitable[None]], arg: str) -> None:
     try:
         await step(arg)
     except errors.KuryrError as e:
         LOG.error("rollback: %s failed: %s", what, e)
+
+
+async def unplug_quietly(binder: binding.Binder, vif: model.VIF) -> None:
+    """Unplug ``vif`` as a rollback step: a failure is logged, not raised."""
+    await _rollback_unplug(binder, vif)
 
 
 async def _rollback_unplug(binder: binding.Binder, vif: model.VIF) -> None:
