@@ -3,8 +3,10 @@ frozen dataclasses, with environment overrides.
 
 Owns finding, reading and validating the configuration. It does not create clients or touch
 the network. Lookup order for the file: an explicit path, ``$KURYR_CONFIG``,
-``/etc/kuryr/kuryr.conf``, then the local cloud's generated file
-(``<state dir>/kuryr.conf``). Any option can be overridden from the environment as
+``/etc/kuryr/kuryr.conf``, then the local cloud's generated file (``<state dir>/kuryr.conf``,
+only while the local cloud's ``clouds.yaml`` is beside it, and never without a WARNING naming
+it: a host without its own configuration must not use a development cloud's unnoticed). Any
+option can be overridden from the environment as
 ``KURYR_<SECTION>_<OPTION>`` (upper case), e.g. ``KURYR_NEUTRON_CLOUD=mycloud``.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import ipaddress
+import logging
 import os
 import pathlib
 import socket
@@ -21,6 +24,7 @@ from collections.abc import Mapping
 
 from kuryr import errors
 
+LOG = logging.getLogger(__name__)
 SYSTEM_CONFIG = pathlib.Path("/etc/kuryr/kuryr.conf")
 DEFAULT_STATE_DIR = pathlib.Path("/var/lib/kuryr/cloud")
 LOCAL_CLOUD_NAME = "kuryr-local"
@@ -85,11 +89,14 @@ class CniDaemonSettings:
     host`` is the node's name). In Kubernetes mode ADD waits up to ``vif_timeout`` seconds for
     the pod's VIF, and as long again for it to become active once plugged; STATUS and
     ``/readyz`` say not ready while its watch of KuryrPorts has failed for longer than
-    ``watch_stale_after`` seconds.
+    ``watch_stale_after`` seconds. With ``preplug`` it plugs the pool ports the controller lists
+    in the node's KuryrNodePool ahead of their pods, so that ADD only hands one over.
     """
 
     mode: str = "standalone"
     vif_timeout: float = 60.0
+    # Kubernetes mode: plug the pool ports the controller lists for this node ahead of pods.
+    preplug: bool = True
     watch_stale_after: float = 30.0
     socket: str = "/run/kuryr/kuryr-cni.sock"
     health_address: str = "127.0.0.1"
@@ -163,8 +170,11 @@ class KubernetesSettings:
     a network and subnet of its own; ``default`` puts every pod on the subnet ``pod_subnet``
     (an ID or name) and makes no network per namespace. With ``pool_size`` > 0 the controller
     keeps that many ready ports per node, network and project, bound to the node, created
-    ``pool_batch`` at a time (0: no pool). Every ``gc_interval`` seconds the leader removes
-    the Neutron resources of this cluster whose owner is gone (0: only ``kuryr gc``).
+    ``pool_batch`` at a time (0: no pool), and lists them in the node's KuryrNodePool, whose
+    daemon plugs them ahead of their pods; with ``pool_recycle`` a deleted pod's port goes
+    back into its node's pool when that has room, instead of being deleted. Every
+    ``gc_interval`` seconds the leader removes the Neutron resources of this cluster whose
+    owner is gone (0: only ``kuryr gc``).
     """
 
     api_root: str | None = None
@@ -186,6 +196,7 @@ class KubernetesSettings:
     pod_subnet: str | None = None
     pool_size: int = dataclasses.field(default=0, metadata={"zero_is_off": True})
     pool_batch: int = 10
+    pool_recycle: bool = True
     gc_interval: float = dataclasses.field(default=300.0, metadata={"zero_is_off": True})
     # Services (upstream's [neutron_defaults] names, kept in [kubernetes] here): the Neutron
     # subnet (name or ID) whose addresses are the cluster's clusterIPs (load balancers' VIPs),
@@ -261,10 +272,14 @@ _T = typing.TypeVar("_T")
 
 
 def find_config_file(explicit: str | os.PathLike[str] | None = None,
-                     *, environ: Mapping[str, str] | None = None) -> pathlib.Path | None:
+                     *, environ: Mapping[str, str] | None = None,
+                     system_config: pathlib.Path = SYSTEM_CONFIG) -> pathlib.Path | None:
     """Return the configuration file to read, or None when there is none.
 
-    Raises ConfigError when a file named explicitly or by ``$KURYR_CONFIG`` does not exist.
+    The local cloud's file (``$KURYR_CLOUD_STATE_DIR`` or ``DEFAULT_STATE_DIR``) comes last,
+    only when the local cloud is there (its ``clouds.yaml`` beside it: a ``kuryr.conf`` left
+    alone is not taken), and is logged at WARNING as it is taken. Raises ConfigError when a
+    file named explicitly or by ``$KURYR_CONFIG`` does not exist.
     """
     env = os.environ if environ is None else environ
     for named in (explicit, env.get("KURYR_CONFIG")):
@@ -273,10 +288,15 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None,
             if not path.is_file():
                 raise errors.ConfigError(f"configuration file {path} does not exist")
             return path
+    if system_config.is_file():
+        return system_config
     state_dir = pathlib.Path(env.get("KURYR_CLOUD_STATE_DIR") or DEFAULT_STATE_DIR)
-    for candidate in (SYSTEM_CONFIG, state_dir / "kuryr.conf"):
-        if candidate.is_file():
-            return candidate
+    local = state_dir / "kuryr.conf"
+    if local.is_file() and (state_dir / "clouds.yaml").is_file():
+        LOG.warning("no %s, no --config and no $KURYR_CONFIG: using the local cloud's "
+                    "configuration %s (made by 'kuryr cloud up'); name a file with --config "
+                    "or KURYR_CONFIG to choose another", system_config, local)
+        return local
     return None
 
 

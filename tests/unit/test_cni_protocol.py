@@ -4,17 +4,24 @@ VERSION and unreachable-daemon errors by itself, as a runtime runs it."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import pathlib
+import shutil
+import socket
 import subprocess
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
+from kuryr import settings
 from kuryr.cli import install_cni
-from kuryr.cni import codes, protocol, results
+from kuryr.cni import codes, protocol, results, shim
 
 VERSIONS = protocol.SUPPORTED_VERSIONS
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "a" * 64, "CNI_NETNS": "/run/netns/x",
@@ -161,3 +168,77 @@ def test_unreachable_daemon_is_try_again_later(executable: pathlib.Path, tmp_pat
     assert rc == 1 and out["code"] == codes.NOT_AVAILABLE
     rc, out = run(executable, ENV, b"{garbage")
     assert rc == 1 and out["code"] == codes.DECODE_FAILURE
+
+
+# -- how long the executable waits for the daemon -------------------------------------------------
+@contextlib.contextmanager
+def answering_daemon(*, after: float, status: int, body: dict[str, object]
+                     ) -> Iterator[str]:
+    """A unix socket that answers one request as the daemon's wire does (HTTP ``status``, a
+    JSON ``body``), ``after`` seconds late, as a daemon busy with its own bounded waits."""
+    directory = tempfile.mkdtemp(prefix="kt-shim-")
+    path = os.path.join(directory, "d.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = listener.accept()
+            with connection:
+                connection.recv(65536)
+                time.sleep(after)
+                payload = json.dumps(body).encode()
+                connection.sendall(
+                    f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                    + payload)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        listener.close()
+        thread.join(timeout=after + 5)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_executable_waits_longer_than_the_daemon_bounds_a_request() -> None:
+    """The daemon's own waits in one ADD (with its default settings): the container's lock,
+    the VIF (Kubernetes mode) or the port's creation, the port's lock, readiness. The
+    executable must outwait them all, so that the runtime hears the daemon's own answer."""
+    daemon = settings.CniDaemonSettings()
+    waits = 2 * daemon.lock_timeout + 2 * max(daemon.vif_timeout, daemon.port_active_timeout)
+    assert waits < shim.DEFAULT_TIMEOUT, (shim.DEFAULT_TIMEOUT, waits)
+
+
+def test_a_busy_daemon_answers_before_the_configured_timeout(executable: pathlib.Path) -> None:
+    """The daemon's own code 11 (here: busy) reaches the runtime: the conflist's timeout
+    (longer than the daemon's bounds) wins over a shorter $KURYR_CNI_TIMEOUT."""
+    busy = codes.CniError(codes.TRY_AGAIN_LATER, "the kuryr daemon is busy: another request "
+                          "for container x is still running after 1 s").to_wire("1.0.0")
+    with answering_daemon(after=1.5, status=503, body=busy) as path:
+        stdin = json.dumps(conf(daemonSocket=path, timeout=8)).encode()
+        rc, out = run(executable, {**ENV, "KURYR_CNI_TIMEOUT": "0.5"}, stdin)
+    assert (rc, out) == (1, busy)
+
+
+def test_a_daemon_that_does_not_answer_in_time_is_try_again_later(
+        executable: pathlib.Path) -> None:
+    with answering_daemon(after=4, status=200, body={}) as path:
+        started = time.monotonic()
+        rc, out = run(executable, ENV, json.dumps(conf(daemonSocket=path, timeout=0.5)).encode())
+        took = time.monotonic() - started
+    assert rc == 1 and out["code"] == codes.TRY_AGAIN_LATER, out
+    assert "did not answer within 0.5 s" in str(out["msg"]) and took < 3, (out, took)
+
+
+@pytest.mark.parametrize("timeout", ["soon", "300", 0, -1, True])
+def test_a_timeout_that_is_not_a_positive_number_is_invalid_config(
+        executable: pathlib.Path, timeout: object) -> None:
+    rc, out = run(executable, ENV, json.dumps(conf(daemonSocket="/nonexistent.sock",
+                                                   timeout=timeout)).encode())
+    assert rc == 1 and out["code"] == codes.INVALID_CONFIG, out
+    assert "timeout" in str(out["msg"])
+    assert install_cni.conflist(name="n", network="x", timeout=300)["plugins"][0]["timeout"] == 300

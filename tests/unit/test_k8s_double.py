@@ -390,6 +390,29 @@ async def test_watch_from_a_compacted_version_is_gone(api: k8s.Api,
         assert (await read_events(watch, 1))[0]["type"] == "ERROR"
 
 
+async def test_a_double_serving_gone_as_status_refuses_only_a_compacted_watch() -> None:
+    async with k8s.serve(gone_as_status=True) as api, \
+            aiohttp.ClientSession(api.url) as http:
+        first = await make_pod(http, "a")
+        await call(http, "PATCH", f"{PODS}/a", {"metadata": {"labels": {"i": "1"}}},
+                   headers=MERGE)
+        latest = (await call(http, "GET", PODS))["metadata"]["resourceVersion"]
+        api.compact()
+        old = {"watch": "1", "resourceVersion": first["metadata"]["resourceVersion"]}
+        async with http.get(PODS, params=old) as refused:
+            body = await refused.json()
+        assert refused.status == 410
+        assert (body["kind"], body["code"], body["reason"]) == ("Status", 410, "Expired")
+        api.expire_next_watch()
+        async with http.get(PODS, params={"watch": "1", "resourceVersion": latest}) as forced:
+            assert forced.status == 410
+        fresh = {"watch": "1", "resourceVersion": latest, "timeoutSeconds": "0.3"}
+        async with http.get(PODS, params=fresh) as watch:
+            assert watch.status == 200
+            await make_pod(http, "b")
+            assert summary(await read_events(watch, 1)) == [("ADDED", "b")]
+
+
 async def test_watch_bookmarks_and_timeout(http: aiohttp.ClientSession) -> None:
     await make_pod(http, "a")
     params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": "0.35"}

@@ -116,7 +116,8 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
         ("", "pods"), ("", "namespaces"), ("", "nodes"), ("", "services"),
         ("discovery.k8s.io", "endpointslices"), ("openstack.org", "kuryrports"),
         ("openstack.org", "kuryrnetworks"), ("openstack.org", "kuryrloadbalancers"),
-        ("networking.k8s.io", "networkpolicies"), ("openstack.org", "kuryrnetworkpolicies"))
+        ("networking.k8s.io", "networkpolicies"), ("openstack.org", "kuryrnetworkpolicies"),
+        ("openstack.org", "kuryrnodepools"))
         for verb in ("get", "list", "watch")}
     assert informed <= granted, informed - granted
     assert {("", "pods", "patch"), ("", "events", "create"),
@@ -130,7 +131,10 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
             ("openstack.org", "kuryrnetworkpolicies", "create"),
             ("openstack.org", "kuryrnetworkpolicies", "update"),
             ("openstack.org", "kuryrnetworkpolicies", "delete"),
-            ("openstack.org", "kuryrnetworkpolicies/status", "patch")} <= granted
+            ("openstack.org", "kuryrnetworkpolicies/status", "patch"),
+            ("openstack.org", "kuryrnodepools", "create"),
+            ("openstack.org", "kuryrnodepools", "delete"),
+            ("openstack.org", "kuryrnodepools/status", "patch")} <= granted
     assert not {(g, r, v) for g, r, v in granted
                 if r in ("services", "endpointslices", "networkpolicies")
                 and v not in ("get", "list", "watch")}, \
@@ -140,7 +144,8 @@ def test_controller_rbac_covers_its_lease_and_objects() -> None:
         "the controller never creates, deletes or replaces Pods, Namespaces or Nodes"
     assert {crd["spec"]["names"]["plural"] for crd in DOCS
             if crd["kind"] == "CustomResourceDefinition"} == {
-                "kuryrports", "kuryrnetworks", "kuryrloadbalancers", "kuryrnetworkpolicies"}
+                "kuryrports", "kuryrnetworks", "kuryrloadbalancers", "kuryrnetworkpolicies",
+                "kuryrnodepools"}
 
 
 def test_daemon_runs_in_kubernetes_mode_on_its_node_without_openstack_credentials() -> None:
@@ -171,6 +176,8 @@ def test_daemon_rbac_is_least_privilege() -> None:
                for verb in rule["verbs"]}
     assert granted == {("openstack.org", "kuryrports", "list"),
                        ("openstack.org", "kuryrports", "watch"),
+                       ("openstack.org", "kuryrnodepools", "list"),
+                       ("openstack.org", "kuryrnodepools", "watch"),
                        ("", "events", "create")}
     assert not [d for d in DOCS if d["kind"] in ("RoleBinding", "ClusterRoleBinding")
                 and d["metadata"]["name"] != "kuryr-daemon"

@@ -1,6 +1,7 @@
 """Configuration: what an operator writes in kuryr.conf and the environment, and the errors
 they get for mistakes."""
 
+import logging
 import pathlib
 
 import pytest
@@ -76,6 +77,7 @@ def test_config_file_lookup_order(tmp_path: pathlib.Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / "kuryr.conf").write_text("[neutron]\ncloud = local\n")
+    (state / "clouds.yaml").write_text("clouds: {}\n")  # the local cloud is there
     found = settings.find_config_file(environ={"KURYR_CLOUD_STATE_DIR": str(state)})
     if not settings.SYSTEM_CONFIG.exists():
         assert found == state / "kuryr.conf"
@@ -102,3 +104,47 @@ def test_daemon_mode_and_vif_bound_are_read_and_overridable() -> None:
     config = settings.parse("[cni_daemon]\nmode = kubernetes\nvif_timeout = 5\n",
                             environ={"KURYR_CNI_DAEMON_VIF_TIMEOUT": "2.5"})
     assert (config.cni_daemon.mode, config.cni_daemon.vif_timeout) == ("kubernetes", 2.5)
+
+
+def _local_cloud(state: pathlib.Path, *, with_clouds_yaml: bool = True) -> pathlib.Path:
+    """A state dir as ``kuryr cloud up`` leaves it: kuryr.conf naming its clouds.yaml."""
+    state.mkdir()
+    conf = state / "kuryr.conf"
+    conf.write_text(f"[neutron]\ncloud = {settings.LOCAL_CLOUD_NAME}\n"
+                    f"clouds_yaml = {state / 'clouds.yaml'}\n")
+    if with_clouds_yaml:
+        (state / "clouds.yaml").write_text("clouds: {}\n")
+    return conf
+
+
+def test_the_local_clouds_file_is_used_only_said_aloud(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No explicit file, no $KURYR_CONFIG, no /etc/kuryr/kuryr.conf: the local cloud's
+    generated file is read, and a WARNING says which file that is and how to choose."""
+    conf = _local_cloud(tmp_path / "state")
+    env = {"KURYR_CLOUD_STATE_DIR": str(tmp_path / "state")}
+    with caplog.at_level(logging.WARNING, logger="kuryr.settings"):
+        found = settings.find_config_file(environ=env, system_config=tmp_path / "etc.conf")
+    assert found == conf
+    [record] = [r for r in caplog.records if r.name == "kuryr.settings"]
+    assert record.levelno == logging.WARNING
+    assert str(conf) in record.getMessage() and str(tmp_path / "etc.conf") in record.getMessage()
+    assert "KURYR_CONFIG" in record.getMessage()
+    caplog.clear()
+    system = tmp_path / "etc.conf"
+    system.write_text("[neutron]\ncloud = production\n")
+    with caplog.at_level(logging.INFO, logger="kuryr.settings"):
+        assert settings.find_config_file(environ=env, system_config=system) == system
+        assert settings.find_config_file(environ={**env, "KURYR_CONFIG": str(conf)},
+                                         system_config=system) == conf
+    assert not caplog.records, "a file named or in /etc/kuryr is used without a word"
+
+
+def test_a_left_over_kuryr_conf_without_its_local_cloud_is_not_used(
+        tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    _local_cloud(tmp_path / "state", with_clouds_yaml=False)
+    env = {"KURYR_CLOUD_STATE_DIR": str(tmp_path / "state")}
+    with caplog.at_level(logging.WARNING, logger="kuryr.settings"):
+        assert settings.find_config_file(environ=env,
+                                         system_config=tmp_path / "etc.conf") is None
+    assert not caplog.records

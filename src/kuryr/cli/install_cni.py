@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from kuryr.cni import shim
+
 DEFAULT_PYTHON = "/usr/bin/python3"
 EXECUTABLE = "kuryr"
 
@@ -60,8 +62,10 @@ def install_executable(bin_dir: pathlib.Path, *, python: str | None = None,
 def conflist(*, name: str, network: str | None, cni_version: str = "1.0.0",
              subnet: str | None = None, security_groups: tuple[str, ...] = (),
              project: str | None = None, mtu: int | None = None,
-             daemon_socket: str | None = None, portmap: bool = False) -> dict[str, Any]:
-    """A conflist with kuryr's plugin (``network`` None: for the daemon's Kubernetes mode)."""
+             daemon_socket: str | None = None, timeout: float | None = None,
+             portmap: bool = False) -> dict[str, Any]:
+    """A conflist with kuryr's plugin (``network`` None: for the daemon's Kubernetes mode);
+    ``timeout`` is how long the executable waits for the daemon (None: its default)."""
     plugin: dict[str, Any] = {"type": EXECUTABLE}
     if network:
         plugin["network"] = network
@@ -75,6 +79,8 @@ def conflist(*, name: str, network: str | None, cni_version: str = "1.0.0",
         plugin["mtu"] = mtu
     if daemon_socket:
         plugin["daemonSocket"] = daemon_socket
+    if timeout:
+        plugin["timeout"] = timeout
     plugins: list[dict[str, Any]] = [plugin]
     if portmap:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}})
@@ -122,6 +128,12 @@ def _write_atomically(target: pathlib.Path, text: str, *, mode: int) -> None:
               type=click.Choice(["0.3.1", "0.4.0", "1.0.0", "1.1.0"]),
               help="podman 4 and containerd 1.6 reject 1.1.0 results.")
 @click.option("--daemon-socket", help="The daemon's socket, if not the default.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds the executable waits for the daemon's answer (default "
+                   f"{shim.DEFAULT_TIMEOUT:g}: longer than the daemon's own bounds with its "
+                   "default settings). Raise "
+                   "it above 2 x lock_timeout + 2 x vif_timeout (or port_active_timeout) + "
+                   "60 when you raise those.")
 @click.option("--portmap/--no-portmap", default=False,
               help="Chain the portmap plugin (podman run -p).")
 @click.option("--python", help="Interpreter for the executable (a real binary), found and "
@@ -134,7 +146,8 @@ def install_cni(bin_dir: pathlib.Path, conf_dir: pathlib.Path, network: str | No
                 for_kubernetes: bool, net_name: str, subnet: str | None,
                 security_groups: tuple[str, ...],
                 project: str | None, mtu: int | None, cni_version: str,
-                daemon_socket: str | None, portmap: bool, python: str | None,
+                daemon_socket: str | None, timeout: float | None, portmap: bool,
+                python: str | None,
                 host_python: str | None) -> None:
     """Install the kuryr CNI executable and a network configuration list."""
     if python and host_python:
@@ -151,5 +164,5 @@ def install_cni(bin_dir: pathlib.Path, conf_dir: pathlib.Path, network: str | No
         written = write_conflist(conf_dir, conflist(
             name=net_name, network=network, cni_version=cni_version, subnet=subnet,
             security_groups=security_groups, project=project, mtu=mtu,
-            daemon_socket=daemon_socket, portmap=portmap))
+            daemon_socket=daemon_socket, timeout=timeout, portmap=portmap))
         click.echo(f"wrote {written}")

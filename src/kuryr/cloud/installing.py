@@ -2,8 +2,11 @@
 missing, and Neutron and Octavia (with ovn-octavia-provider) each in a virtualenv of its own,
 pinned by the constraints files shipped in ``kuryr/cloud/data``.
 
-Owns the package lists, the pins and the install marker. Idempotent: a second call finds
-everything in place and returns at once. Does not start or configure anything.
+Owns the package lists, the pins and the install marker, and the policy-rc.d that keeps the
+packages' services from starting while apt-get installs them: marked as kuryr's, it is removed
+when the install ends or fails, on SIGTERM and SIGHUP, and (after a SIGKILL) by the next run;
+one kuryr did not write is never touched. Idempotent: a second call finds everything in place
+and returns at once. Does not start or configure anything.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from kuryr.cloud import commands, layout
@@ -36,6 +41,13 @@ OCTAVIA_REQUIREMENTS = (f"octavia=={OCTAVIA_VERSION}",
                         "pymysql")
 OCTAVIA_CONSTRAINTS_RESOURCE = "octavia-19-constraints.txt"
 POLICY_RC_D = pathlib.Path("/usr/sbin/policy-rc.d")
+# The line that makes a policy-rc.d kuryr's own (the earlier text carried it too).
+POLICY_RC_D_MARK = "# Written by kuryr cloud up during apt-get install."
+POLICY_RC_D_TEXT = (f"#!/bin/sh\n{POLICY_RC_D_MARK}\n# kuryr removes it when the install ends; "
+                    "if it is still here, no kuryr cloud up is installing: remove it.\n"
+                    "exit 101\n")
+# The signals that end a process politely: the install's cleanup runs on them.
+STOPPING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 PIP_TIMEOUT = 1200.0
 # pip's configuration here names local indexes that may be absent; pip says so once per
 # package, which is noise.
@@ -65,6 +77,11 @@ def ensure_packages(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
 
     Raises CloudError when apt-get fails.
     """
+    try:
+        if remove_stale_policy_rc_d():  # a run killed during apt-get left it (SIGKILL)
+            progress(f"removed {POLICY_RC_D}, left by an earlier kuryr cloud up")
+    except OSError as e:  # not root: nothing is installed either (see _check_root)
+        progress(f"cannot remove {POLICY_RC_D}, left by an earlier kuryr cloud up: {e}")
     missing = missing_packages()
     # Debian's own Python makes virtualenvs only with its -venv package.
     if (sys.base_prefix == "/usr" and not venvs_are_current(cloud)
@@ -78,7 +95,7 @@ def ensure_packages(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
     progress(f"installing Debian packages: {' '.join(missing)}")
     commands.run(["apt-get", "update", "-q"], step="apt-get update", log=log, env=env,
                  timeout=600)
-    with _services_not_started():
+    with services_not_started():
         commands.run(["apt-get", "install", "-y", "-q", *missing], step="apt-get install",
                      log=log, env=env, timeout=1200)
     still = missing_packages(missing)
@@ -87,21 +104,65 @@ def ensure_packages(cloud: layout.CloudLayout, *, progress: Progress) -> bool:
     return True
 
 
+def _is_ours(path: pathlib.Path) -> bool:
+    try:
+        return POLICY_RC_D_MARK in path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return False
+
+
+def remove_stale_policy_rc_d(path: pathlib.Path = POLICY_RC_D) -> bool:
+    """Remove ``path`` if kuryr wrote it (its mark): one an install in progress no longer
+    needs (``up`` holds the cloud's lock around its install). True when removed."""
+    if not _is_ours(path):
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
 @contextlib.contextmanager
-def _services_not_started() -> Iterator[None]:
-    """Keep the packages' own services (a system Open vSwitch, MariaDB) from starting while
-    they install: a second Open vSwitch would collide with the cloud's userspace datapath.
-    Uses Debian's policy-rc.d, unless the machine already has one."""
-    if POLICY_RC_D.exists():
+def _stopping_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise SystemExit (128 + the signal, the
+    status a shell shows for it) instead of ending the process on the spot, so that the
+    block's cleanup runs: ``subprocess.run`` stops its child, ``finally`` clauses run. Only
+    in the main thread (where Python runs handlers); a signal ignored stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    POLICY_RC_D.write_text("#!/bin/sh\n# Written by kuryr cloud up during apt-get install.\n"
-                           "exit 101\n", encoding="utf-8")
-    POLICY_RC_D.chmod(0o755)
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.getsignal(s) for s in STOPPING_SIGNALS}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, stop)
     try:
         yield
     finally:
-        POLICY_RC_D.unlink(missing_ok=True)
+        for s, handler in previous.items():
+            if handler is not signal.SIG_IGN:  # None: not set from Python, the default
+                signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def services_not_started(path: pathlib.Path = POLICY_RC_D) -> Iterator[None]:
+    """Keep the packages' own services (a system Open vSwitch, MariaDB) from starting while
+    they install: a second Open vSwitch would collide with the cloud's userspace datapath.
+    Uses Debian's policy-rc.d ``path``, marked as kuryr's and removed when the block ends (on
+    SIGTERM and SIGHUP too); a policy-rc.d that kuryr did not write stays as it is and is
+    used as it is."""
+    remove_stale_policy_rc_d(path)
+    if path.exists():
+        yield
+        return
+    with _stopping_raises():
+        try:
+            path.write_text(POLICY_RC_D_TEXT, encoding="utf-8")
+            path.chmod(0o755)
+            yield
+        finally:
+            remove_stale_policy_rc_d(path)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,8 @@ I/O; results live in ``results``, codes in ``codes``.
 kuryr's keys in a network configuration: ``network`` (Neutron network name or ID; required
 in standalone mode, unused in Kubernetes mode, where each pod's KuryrPort names its network),
 ``subnet`` (name or ID), ``securityGroups`` (names or IDs), ``project`` (ID), ``mtu``,
-``daemonSocket`` (the daemon's unix socket, read by the shim).
+``daemonSocket`` (the daemon's unix socket) and ``timeout`` (seconds to wait for the
+daemon's answer), both read by the shim.
 """
 
 from __future__ import annotations

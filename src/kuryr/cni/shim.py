@@ -13,7 +13,14 @@ as is (a result, or a CNI error already in the configuration's version). Failure
 daemon become CNI error 11 (try again later), or 50 for STATUS (plugin not available).
 
 The socket is the configuration's ``daemonSocket``, else ``$KURYR_CNI_SOCKET``, else
-``/run/kuryr/kuryr-cni.sock``. ``$KURYR_CNI_TIMEOUT`` bounds the wait (seconds, default 150).
+``/run/kuryr/kuryr-cni.sock``. The wait for the daemon's answer is bounded by the
+configuration's ``timeout`` (seconds), else ``$KURYR_CNI_TIMEOUT``, else ``DEFAULT_TIMEOUT``:
+longer than the daemon's own bounds on one request with its default settings (the
+container's lock, ``[cni_daemon] lock_timeout``; the VIF, ``vif_timeout``, or the port's
+creation; the port's lock, ``lock_timeout`` again; readiness, ``vif_timeout`` or
+``port_active_timeout``), so that the runtime hears the daemon's own answer (code 11 when one
+of those waits ran out, with the daemon's work undone) rather than the connection cut under a
+request the daemon is still serving. A daemon that does not answer within it is code 11 too.
 
 It runs with the interpreter of the host it is installed on, which may be older than kuryr's
 own (Python 3.7 or later): annotations stay unevaluated, and nothing newer is used.
@@ -28,10 +35,13 @@ VERSIONS = ("0.3.1", "0.4.0", "1.0.0", "1.1.0")
 VERSION_REPLY = ('{"cniVersion": "1.1.0", "supportedVersions": ["0.3.1", "0.4.0", "1.0.0", '
                  '"1.1.0"]}\n')
 DEFAULT_SOCKET = "/run/kuryr/kuryr-cni.sock"
-DEFAULT_TIMEOUT = 150.0
+# 2 x lock_timeout (120 s) + 2 x vif_timeout (60 s) with the daemon's defaults, and a minute
+# for its Neutron and OVSDB calls (tests/unit/test_cni_protocol.py holds it above the former).
+DEFAULT_TIMEOUT = 420.0
 FORWARDED = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 # CNI error codes used here (the daemon maps everything else).
-INVALID_ENVIRONMENT, DECODE_FAILURE, TRY_AGAIN_LATER, NOT_AVAILABLE, INTERNAL = 4, 6, 11, 50, 100
+INVALID_ENVIRONMENT, DECODE_FAILURE, INVALID_CONFIG = 4, 6, 7
+TRY_AGAIN_LATER, NOT_AVAILABLE, INTERNAL = 11, 50, 100
 
 
 def fail(version: str, code: int, msg: str, details: str = "") -> int:
@@ -65,10 +75,15 @@ def main() -> int:
                     f"CNI_COMMAND is {command!r}, not one of VERSION, {', '.join(FORWARDED)}")
     path = config.get("daemonSocket") or os.environ.get("KURYR_CNI_SOCKET") or DEFAULT_SOCKET
     unreachable = NOT_AVAILABLE if command == "STATUS" else TRY_AGAIN_LATER
-    try:
-        timeout = float(os.environ.get("KURYR_CNI_TIMEOUT") or DEFAULT_TIMEOUT)
-    except ValueError:
-        timeout = DEFAULT_TIMEOUT
+    timeout = config.get("timeout")
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get("KURYR_CNI_TIMEOUT") or DEFAULT_TIMEOUT)
+        except ValueError:
+            timeout = DEFAULT_TIMEOUT
+    elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        return fail(version, INVALID_CONFIG,
+                    f'"timeout" must be a positive number of seconds, not {timeout!r}')
     env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
     body = json.dumps({"env": env, "config": config}).encode()
     try:
@@ -82,7 +97,8 @@ def main() -> int:
     except TimeoutError:
         return fail(version, unreachable,
                     f"the kuryr daemon at {path} did not answer within {timeout:g} s",
-                    "it may be overloaded or stuck; see its log")
+                    'it may be overloaded or stuck; see its log. The "timeout" of the '
+                    "network configuration (else $KURYR_CNI_TIMEOUT) bounds this wait")
     except OSError as e:
         return fail(version, unreachable, f"lost the connection to the kuryr daemon at {path}: "
                     f"{e}", "the daemon may have restarted; try again")
@@ -103,21 +119,32 @@ def main() -> int:
 
 
 def post(path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-    """POST body to /v1/cni over a unix socket; returns (HTTP status, response body)."""
+    """POST body to /v1/cni over a unix socket; returns (HTTP status, response body).
+    Raises TimeoutError when the whole exchange takes longer than ``timeout`` seconds."""
     import socket
+    import time
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        head = (f"POST /v1/cni HTTP/1.1\r\nHost: kuryr\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-        s.sendall(head.encode() + body)
-        chunks: list[bytes] = []
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            head = (f"POST /v1/cni HTTP/1.1\r\nHost: kuryr\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    f"Connection: close\r\n\r\n")
+            s.sendall(head.encode() + body)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no complete answer in time")
+                s.settimeout(left)  # the bound is on the whole answer, not on each read
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except socket.timeout as e:  # noqa: UP041  (not a TimeoutError before Python 3.10)
+        raise TimeoutError(str(e)) from e
     response = b"".join(chunks)
     head_bytes, _, payload = response.partition(b"\r\n\r\n")
     lines = head_bytes.split(b"\r\n")

@@ -92,6 +92,7 @@ class Context:
     # Pod UID -> the port given to it, until the informer shows it in the KuryrPort status.
     claims: dict[str, Claim] = dataclasses.field(default_factory=dict)
     default_subnet: neutron_resources.Subnet | None = None  # pod_subnet, once looked up
+    pod_router_id: str | None = None  # pod_router (a name or an ID) as an ID, once looked up
     # The ports waiting to be ACTIVE, looked at together (None: each KuryrPort polls its own).
     active_ports: activating.ActivePorts | None = None
     octavia: octavia_client.Octavia | None = None  # None: no Services ([kubernetes] service_subnet)

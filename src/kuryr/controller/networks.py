@@ -2,7 +2,8 @@
 
 Namespace-subnet mode: each namespace gets a KuryrNetwork (finalizer, ownerReference to the
 namespace) and, for it, a Neutron network, a subnet from ``[kubernetes] pod_subnet_pool`` and
-an interface on ``[kubernetes] pod_router``, in the project of the namespace's
+an interface on ``[kubernetes] pod_router`` (a name or an ID, looked up once: a name must
+match one router), in the project of the namespace's
 ``openstack.org/kuryr-project`` annotation (else ``[kubernetes] project_id``). Each step finds
 what already exists by its owner tag before creating, so a controller restarted mid-way
 creates no duplicate. Release waits until no KuryrPort of the namespace is left, then removes
@@ -19,7 +20,7 @@ from typing import Any
 from kuryr import errors
 from kuryr.controller import context, placing
 from kuryr.k8s import api, resources
-from kuryr.neutron import client
+from kuryr.neutron import client, failures
 from kuryr.neutron import resources as neutron_resources
 from kuryr.pools import nodes
 
@@ -81,7 +82,9 @@ async def _ensure(ctx: context.Context, network: api.Object) -> None:
     tag = context.namespace_tag(_owner_uid(network))
     project_id = spec.get("projectId") or None
     neutron = ctx.neutron
-    pool = await neutron.get_subnet_pool(settings.pod_subnet_pool)  # before creating anything
+    # Both before creating anything.
+    router_id = await pod_router_id(ctx)
+    pool = await neutron.get_subnet_pool(settings.pod_subnet_pool)
     # Neutron tags a network or subnet in a second request after its POST: a controller
     # killed in between leaves it untagged, so it is also looked for by its unique name.
     name = f"k8s-{spec.get('nsName', '')}-{_owner_uid(network)}"
@@ -105,10 +108,14 @@ async def _ensure(ctx: context.Context, network: api.Object) -> None:
             name=name)
     interfaces = await neutron.list_ports(network_id=net.id,
                                           device_owner=context.ROUTER_INTERFACE)
-    if not any(p.device_id == settings.pod_router for p in interfaces):
-        await neutron.add_router_interface(settings.pod_router, subnet.id)
+    if not any(p.device_id == router_id for p in interfaces):
+        try:
+            await neutron.add_router_interface(router_id, subnet.id)
+        except errors.NotFoundError:
+            ctx.pod_router_id = None  # the router may have been made again: look it up anew
+            raise
     status: dict[str, Any] = {"netId": net.id, "subnetId": subnet.id,
-                              "subnetCIDR": subnet.cidr, "routerId": settings.pod_router,
+                              "subnetCIDR": subnet.cidr, "routerId": router_id,
                               "populated": True}
     current = network.get("status") or {}
     if any(current.get(k) != v for k, v in status.items()) or current.get("conditions"):
@@ -118,6 +125,24 @@ async def _ensure(ctx: context.Context, network: api.Object) -> None:
                              {"status": status}, status=True)
         LOG.info("namespace %s: network %s, subnet %s (%s)", spec.get("nsName"), net.id,
                  subnet.id, subnet.cidr)
+
+
+async def pod_router_id(ctx: context.Context) -> str:
+    """The ID of ``[kubernetes] pod_router``, given as a name or an ID (upstream's option
+    takes an ID; the shipped ConfigMap gives a name), looked up once per term. Raises
+    ConfigError when no router or several routers have that name or ID, TemporaryError."""
+    if ctx.pod_router_id is None:
+        wanted = ctx.config.kubernetes.pod_router or ""
+        try:
+            router = await ctx.neutron.get_router(wanted)
+        except errors.NotFoundError as e:
+            raise errors.ConfigError(f"[kubernetes] pod_router = {wanted!r}: no router has "
+                                     f"that name or ID ({e})") from e
+        except failures.AmbiguousNameError as e:
+            raise errors.ConfigError(f"[kubernetes] pod_router = {wanted!r}: several routers "
+                                     f"have that name; give its ID ({e})") from e
+        ctx.pod_router_id = router.id
+    return ctx.pod_router_id
 
 
 async def _release(ctx: context.Context, network: api.Object) -> float | None:
@@ -139,9 +164,7 @@ async def _release(ctx: context.Context, network: api.Object) -> float | None:
             await ctx.pool.drop_network(net.id)
         try:
             await release_network(neutron, net.id)
-        except errors.PermanentError as e:
-            if "InUse" not in str(e):
-                raise
+        except failures.InUseError as e:
             # A port still on it (one being deleted, a pool refill that was under way) goes
             # soon: Neutron's 409 "in use" is final for Neutron, not here.
             raise errors.TemporaryError(str(e), delay=2.0) from e

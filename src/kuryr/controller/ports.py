@@ -239,10 +239,12 @@ async def _adopt(ctx: context.Context, kuryr_port: api.Object, port: neutron_res
 
 async def _release(ctx: context.Context, kuryr_port: api.Object, pod_uid: str) -> None:
     """Delete every port of the pod (found by ``device_id``, named in the status or claimed),
-    then the KuryrPort's finalizer."""
+    except the one its status names when its node's pool takes it back (``[kubernetes]
+    pool_recycle``), then the KuryrPort's finalizer."""
     meta = kuryr_port["metadata"]
     ctx.pods_seen.pop(pod_uid, None)
-    port_ids = {p.id for p in await _find_ports(ctx, pod_uid)}
+    found = {p.id: p for p in await _find_ports(ctx, pod_uid)}
+    port_ids = set(found)
     recorded = recorded_port_id(kuryr_port)
     claim = ctx.claims.pop(pod_uid, None)
     port_ids.update(i for i in (recorded, claim and claim.port_id) if i)
@@ -250,10 +252,30 @@ async def _release(ctx: context.Context, kuryr_port: api.Object, pod_uid: str) -
         ctx.port_groups.pop(port_id, None)
         if ctx.active_ports is not None:
             ctx.active_ports.forget(port_id)
+        if port_id == recorded and await _recycle(ctx, port_id, found.get(port_id)):
+            continue
         await ctx.neutron.delete_port(port_id)
     await ctx.kube.set_finalizer(resources.KURYR_PORTS, kuryr_port, context.PORT_FINALIZER,
                                  present=False)
     LOG.info("pod %s/%s: port released", meta["namespace"], meta["name"])
+
+
+async def _recycle(ctx: context.Context, port_id: str,
+                   port: neutron_resources.Port | None) -> bool:
+    """Give a released pod's port back to its node's pool if recycling is on and that pool
+    has room; False: the caller deletes it."""
+    pool = ctx.pool
+    if pool is None or pool.size <= 0 or not ctx.config.kubernetes.pool_recycle:
+        return False
+    try:
+        if port is None:
+            port = await ctx.neutron.get_port(port_id)
+        key = pool.key_for(port)
+        if key is None or not pool.has_room(key):
+            return False
+        return await pool.give_back(port.id, key, port_project=port.project_id)
+    except errors.NotFoundError:
+        return False
 
 
 async def _discard(ctx: context.Context, claim: context.Claim) -> None:

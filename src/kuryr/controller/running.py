@@ -1,7 +1,8 @@
-"""The controller's main loop: informers for Pods, Namespaces, Nodes, KuryrPorts and
-KuryrNetworks (and, with ``[kubernetes] service_subnet``, Services, EndpointSlices and
-KuryrLoadBalancers, with an Octavia client), the reactor, the routing of changes to handlers,
-the port pool and the periodic garbage collection.
+"""The controller's main loop: informers for Pods, Namespaces, Nodes, KuryrPorts,
+KuryrNetworks and KuryrNodePools (and, with ``[kubernetes] service_subnet``, Services,
+EndpointSlices and KuryrLoadBalancers, with an Octavia client), the reactor, the routing of
+changes to handlers, the port pool (and its publication to the nodes) and the periodic
+garbage collection.
 
 Owns start-up order (every informer synced before any handler runs; then the port pool is read
 back from Neutron (``pooling``); then every cached object is reconciled, which is how a
@@ -28,6 +29,7 @@ from kuryr.controller import (
     leading,
     loadbalancers,
     networks,
+    nodepools,
     observing,
     podgroups,
     policies,
@@ -45,7 +47,7 @@ from kuryr.pools import nodes
 
 LOG = logging.getLogger(__name__)
 _WATCHED = (resources.NAMESPACES, resources.NODES, resources.KURYR_NETWORKS, resources.PODS,
-            resources.KURYR_PORTS)
+            resources.KURYR_PORTS, resources.KURYR_NODE_POOLS)
 _SERVICES_WATCHED = (resources.SERVICES, resources.ENDPOINT_SLICES,
                      resources.KURYR_LOAD_BALANCERS)
 _POLICIES_WATCHED = (resources.NETWORK_POLICIES, resources.KURYR_NETWORK_POLICIES)
@@ -140,7 +142,8 @@ async def _act(config: settings.KuryrSettings, kube: api.Kube, metrics: observin
     active_ports = activating.ActivePorts(neutron, reactor.trigger,
                                           interval=kubernetes.port_active_poll)
     pool = nodes.NodePools(neutron, size=kubernetes.pool_size, batch=kubernetes.pool_batch,
-                           busy=lambda: len(active_ports) > 0)
+                           busy=lambda: len(active_ports) > 0,
+                           on_change=lambda node: reactor.trigger(("nodepool", "", node)))
     ctx = context.Context(config=config, kube=kube, neutron=neutron, reactor=reactor,
                           metrics=metrics, pool=pool, active_ports=active_ports,
                           octavia=octavia)
@@ -224,6 +227,9 @@ def _route(ctx: context.Context, plural: str, namespace: str, name: str) -> None
     trigger = ctx.reactor.trigger
     if plural == "nodes":
         trigger(_POOLS)
+        trigger(("nodepool", "", name))
+    elif plural == "kuryrnodepools":
+        trigger(("nodepool", "", name))
     elif plural == "pods":
         trigger(("pod", namespace, name))
     elif plural == "kuryrports":
@@ -319,6 +325,8 @@ async def _dispatch(ctx: context.Context, key: reacting.Key) -> float | None:
         return await networks.handle_network(ctx, namespace, name)
     if kind == "pools":
         return await pooling.handle_pools(ctx)
+    if kind == "nodepool":
+        return await nodepools.handle_node_pool(ctx, name)
     if kind == "service":
         return await services.handle_service(ctx, namespace, name)
     if kind == "kuryrloadbalancer":

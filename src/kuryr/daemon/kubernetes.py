@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from kuryr import binding, errors, model, settings
 from kuryr.binding import ovs as ovs_binding
 from kuryr.cni import codes, protocol, results
-from kuryr.daemon import locking, sandboxes
+from kuryr.daemon import locking, preplugging, sandboxes
 from kuryr.k8s import api, resources, watching
 from kuryr.linux import namespaces, ovs
 from kuryr.ports import lifecycle
@@ -141,18 +141,31 @@ class KubernetesMode:
             label_selector=f"{resources.NODE_LABEL}={self.node}")
         self._waiters: dict[watching.Key, set[asyncio.Event]] = {}
         self._watching: asyncio.Task[None] | None = None
+        self.prepared: preplugging.PrePlugged | None = None
+        self._preplugging: asyncio.Task[None] | None = None
+        binder = binders.get("ovs")
+        if self.config.preplug and isinstance(binder, ovs_binding.OvsBinder):
+            self.prepared = preplugging.PrePlugged(
+                kube, binder, node=self.node, cluster_id=self.cluster_id, mode_key=ID_MODE,
+                cluster_key=ID_CLUSTER, port_locks=self.port_locks, in_use=self._named_ports,
+                ready_timeout=self.config.vif_timeout)
         self._tasks: set[asyncio.Task[Any]] = set()  # Events being posted
 
     def start(self) -> None:
         """List and watch this node's KuryrPorts in the background."""
-        self._watching = asyncio.get_running_loop().create_task(
-            self.informer.run(), name=f"watch kuryrports of {self.node}")
+        loop = asyncio.get_running_loop()
+        self._watching = loop.create_task(self.informer.run(),
+                                          name=f"watch kuryrports of {self.node}")
+        if self.prepared is not None:
+            self._preplugging = loop.create_task(self.prepared.run(),
+                                                 name=f"pre-plug pool ports of {self.node}")
 
     async def close(self) -> None:
         """Stop watching; let pending Events go out (briefly)."""
-        if self._watching is not None:
-            self._watching.cancel()
-            await asyncio.gather(self._watching, return_exceptions=True)
+        for task in (self._watching, self._preplugging):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=2.0)
@@ -169,6 +182,18 @@ class KubernetesMode:
     def _changed(self, namespace: str, name: str) -> None:
         for event in self._waiters.get((namespace, name), ()):
             event.set()
+        if self.prepared is not None:
+            self.prepared.wake()
+
+    def _named_ports(self) -> set[str]:
+        """Every port a KuryrPort of this node names."""
+        named = set()
+        for kuryr_port in self.informer.objects.values():
+            for entry in ((kuryr_port.get("status") or {}).get("vifs") or {}).values():
+                port_id = ((entry or {}).get("vif") or {}).get("port_id")
+                if port_id:
+                    named.add(port_id)
+        return named
 
     async def _wait(self, key: watching.Key, look: Callable[[api.Object | None], _T | None],
                     *, timeout: float) -> _T:
@@ -221,10 +246,17 @@ class KubernetesMode:
         owner_ids = {ID_MODE: MODE, ID_CLUSTER: self.cluster_id,
                      ID_NETWORK: request.config.name, ID_CONTAINER: request.container_id,
                      ID_IFNAME: request.ifname, ID_POD: str(pod), ID_POD_UID: pod.uid}
+        held = self.prepared is not None and await self.prepared.take(vif.port_id)
         async with self.port_locks.hold(vif.port_id, timeout=self.config.lock_timeout), \
                 contextlib.AsyncExitStack() as undo:
-            await lifecycle.plug(binder, vif, netns=request.netns, ifname=request.ifname,
-                                 undo=undo, owner_ids=owner_ids)
+            if held:
+                assert self.prepared is not None
+                undo.push_async_callback(lifecycle.unplug_quietly, binder, vif)
+                await asyncio.to_thread(self.prepared.hand_over, vif, netns=request.netns,
+                                        ifname=request.ifname, owner_ids=owner_ids)
+            else:
+                await lifecycle.plug(binder, vif, netns=request.netns, ifname=request.ifname,
+                                     undo=undo, owner_ids=owner_ids)
             try:
                 if await binder.wait_ready(vif, timeout=bound):
                     # This node's ovn-controller has installed the port: the data path is
@@ -249,8 +281,11 @@ class KubernetesMode:
                     "[binding] readiness says whose word a plugged port waits for; "
                     "[cni_daemon] vif_timeout bounds the wait") from None
             undo.pop_all()
-        LOG.info("ADD %s: pod %s on port %s in %s as %s", request.container_id[:12], pod,
-                 vif.port_id, request.netns, request.ifname)
+        if not held:  # a hand-over announced already (the port was installed)
+            await lifecycle.announce(vif, netns=request.netns, ifname=request.ifname)
+        LOG.info("ADD %s: pod %s on port %s in %s as %s%s", request.container_id[:12], pod,
+                 vif.port_id, request.netns, request.ifname,
+                 " (pre-plugged)" if held else "")
         ours = sandboxes.result_for(vif, ifname=request.ifname, sandbox=request.netns)
         prev = request.config.prev_result
         return results.merge(results.from_wire(prev) if prev else None, ours)
@@ -301,6 +336,8 @@ class KubernetesMode:
             await asyncio.to_thread(binder.unplug_sync, port_id)
         LOG.info("unplugged port %s of container %s (pod %s)", port_id, container_id[:12],
                  ids.get(ID_POD, "?"))
+        if self.prepared is not None:
+            self.prepared.wake()  # a recycled port it held may be plugged ahead now
         return True
 
     def _is_ours(self, ids: Mapping[str, str], *, cluster: bool = True) -> bool:

@@ -27,12 +27,20 @@ Object = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 
 
+class GoneError(errors.TemporaryError):
+    """410 Gone: the resourceVersion asked for is older than the server keeps (compacted
+    away), whether the watch request was refused with it or its stream sent it as an ERROR
+    event. Asking again with the same version fails the same way: list afresh."""
+
+
 def translate(status: int, message: str) -> errors.KuryrError:
-    """The kuryr error for an API failure: 404 NotFoundError, 409 (conflict, stale
-    resourceVersion), 410, 429 and 5xx TemporaryError, other 4xx PermanentError."""
+    """The kuryr error for an API failure: 404 NotFoundError, 410 GoneError, 409 (conflict,
+    stale resourceVersion), 429 and 5xx TemporaryError, other 4xx PermanentError."""
     if status == 404:
         return errors.NotFoundError(message)
-    if status in (409, 410, 429) or status >= 500 or status == 0:
+    if status == 410:
+        return GoneError(message)
+    if status in (409, 429) or status >= 500 or status == 0:
         return errors.TemporaryError(message, delay=0.2 if status == 409 else 1.0)
     return errors.PermanentError(message)
 
@@ -167,7 +175,8 @@ class Kube:
                     timeout: int = 300,
                     label_selector: str | None = None) -> AsyncIterator[Object]:
         """The events of one watch request from ``resource_version`` (with bookmarks), until
-        the server ends it. An ERROR event is yielded as it came (410 Gone among them)."""
+        the server ends it. An ERROR event is yielded as it came (410 Gone among them); a
+        request the server refuses raises as any other (410: GoneError)."""
         query = {"watch": "true", "resourceVersion": resource_version,
                  "allowWatchBookmarks": "true", "timeoutSeconds": str(timeout)}
         if label_selector:

@@ -55,5 +55,8 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "Endpoint
 KURYR_LOAD_BALANCERS = Resource(GROUP, VERSION, "kuryrloadbalancers", "KuryrLoadBalancer")
 NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 KURYR_NETWORK_POLICIES = Resource(GROUP, VERSION, "kuryrnetworkpolicies", "KuryrNetworkPolicy")
+# One per Node (named after it): the node's ready pool ports, which its daemon plugs ahead.
+KURYR_NODE_POOLS = Resource(GROUP, VERSION, "kuryrnodepools", "KuryrNodePool",
+                            is_namespaced=False)
 # The label that ties an EndpointSlice to its Service.
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

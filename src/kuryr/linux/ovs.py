@@ -173,3 +173,10 @@ class Ovsdb:
         if ids is not None and ids.get(INSTALLED_KEY) == "true":
             _resolve(future)
         return future
+
+    def set_external_ids(self, port: str, external_ids: Mapping[str, str]) -> None:
+        """Add (or replace) these keys of the Interface ``port``'s external_ids, leaving its
+        other keys as they are. Raises BindingError (also when there is no such Interface)."""
+        api = self._get_api()
+        self._run(f"update of {port}'s external_ids",
+                  api.db_set("Interface", port, ("external_ids", dict(external_ids))))

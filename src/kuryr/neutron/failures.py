@@ -6,7 +6,8 @@ and address exhaustion). The faults a caller branches on have a type of their ow
 (each an ``errors.ConflictError``) and chosen by Neutron's error type, never by its text:
 ``InUseError`` (a delete refused while something uses the resource), ``RuleExistsError`` (the
 same security group rule exists), ``AddressesAlreadyInGroupError`` and
-``AddressesNotInGroupError`` (the strict add and remove of an address group). Neutron's own
+``AddressesNotInGroupError`` (the strict add and remove of an address group), and
+``AmbiguousNameError`` (a find by name that matched several resources). Neutron's own
 message is kept; URLs and credentials are not. A call that cannot create anything twice (find,
 get, list, delete, and the absolute PUTs of a router's gateway, a floating IP's port and a
 project's quota) is sent once more when the connection failed under it (``is_repeatable``).
@@ -41,6 +42,11 @@ class AddressesNotInGroupError(errors.ConflictError):
     """``remove_addresses`` named an address the group does not hold (404
     ``AddressesNotFound``); nothing was removed. Not a ``NotFoundError``: the group exists
     (a missing group is ``NotFoundError``)."""
+
+
+class AmbiguousNameError(errors.PermanentError):
+    """A find by name matched several resources (the SDK's ``DuplicateResource``): only an
+    ID tells which one is meant."""
 
 
 # Neutron error types that callers tell apart, whatever the status they come with.
@@ -125,6 +131,8 @@ def translate(e: BaseException, what: str) -> errors.KuryrError:
             "(kuryr cloud status)?", delay=2.0)
     if isinstance(e, ks_exceptions.RetriableConnectionFailure | ks_exceptions.ClientException):
         return errors.TemporaryError(f"{what}: {type(e).__name__}: {e}", delay=2.0)
+    if isinstance(e, sdk_exceptions.DuplicateResource):
+        return AmbiguousNameError(f"{what}: {e}")
     if isinstance(e, sdk_exceptions.SDKException):
         return errors.PermanentError(f"{what}: {e}")
     if isinstance(e, TimeoutError | ConnectionError):

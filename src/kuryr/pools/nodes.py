@@ -12,7 +12,10 @@ finds those by name; and a POST that timed out on this side may still create its
 are found by their batch's ``device_id`` and deleted (``sweep``). ``take`` hands a port out of
 memory only; the caller records who owns it (the controller: the KuryrPort's status) and
 rewrites the port's owner afterwards, off the critical path. ``rebuild`` reads the pool back
-after a restart, leaving out the ports the caller says are owned.
+after a restart, leaving out the ports the caller says are owned. ``give_back`` takes a
+released pod's port back into its node's pool (recycling: one port update, no delete and
+create). ``on_change(node)`` is called whenever the ready ports of a node change, so that the
+caller can tell the node (its daemon plugs them ahead of their pods).
 
 Owns which keys are kept filled (``want``), refilling them in the background with bulk
 creates, and deleting the ports of keys no longer wanted (a node or a network gone). Not what
@@ -105,8 +108,10 @@ class NodePools:
 
     def __init__(self, neutron: client.Neutron, *, size: int, batch: int,
                  retry_delay: float = 5.0, busy: Callable[[], bool] = lambda: False,
-                 yield_for: float = 10.0) -> None:
+                 yield_for: float = 10.0,
+                 on_change: Callable[[str], None] = lambda node: None) -> None:
         self.neutron = neutron
+        self.on_change = on_change
         self.size = size
         self.batch = max(1, batch)
         self.retry_delay = retry_delay
@@ -141,7 +146,53 @@ class NodePools:
         taken = ready.pop(0) if ready else None
         self._last_take = time.monotonic()
         self._wake(key)
+        if taken is not None:
+            self.on_change(key.node)
         return taken
+
+    def ready_on(self, node: str) -> list[PooledPort]:
+        """The ready ports of ``node``, of every key."""
+        return [p for key, ready in self.ready.items() if key.node == node for p in ready]
+
+    def key_for(self, port: resources.Port) -> NodeKey | None:
+        """The wanted key a pod's ``port`` fits (its node, network, subnet and project), if
+        any: where ``give_back`` would put it."""
+        subnets = {f.subnet_id for f in port.fixed_ips}
+        for key in self._wanted:
+            if key.node == port.host_id and key.network_id == port.network_id \
+                    and (key.subnet_id is None or key.subnet_id in subnets) \
+                    and (key.project_id is None or key.project_id == port.project_id):
+                return key
+        return None
+
+    def has_room(self, key: NodeKey) -> bool:
+        return key in self._wanted and self.count(key) < self.size
+
+    async def give_back(self, port_id: str, key: NodeKey, *, port_project: str) -> bool:
+        """Make a released pod's port a ready port of ``key`` again if that pool has room:
+        renamed, untagged from its pod, given the key's security groups and a batch
+        ``device_id`` in one update. False (nothing done): the caller deletes it. Raises
+        TemporaryError, NotFoundError."""
+        if not self.has_room(key):
+            return False
+        wanted = key.security_group_ids
+        if wanted is None:  # the pool's ports have their project's default group
+            found = await self.neutron.list_security_groups(name="default",
+                                                            project_id=port_project)
+            if len(found) != 1:
+                return False
+            wanted = (found[0].id,)
+        port = await self.neutron.update_port(
+            port_id, name=self.name, device_id=f"{BATCH_PREFIX}recycled",
+            tags=self._tags(key), security_group_ids=list(wanted))
+        vif = (await self._vifs([port]))[port.id]
+        if not self.has_room(key):  # filled meanwhile
+            await self._delete([port.id])
+            return True
+        self.ready.setdefault(key, []).append(PooledPort(port=port, vif=vif, key=key))
+        self.on_change(key.node)
+        LOG.info("pool %s %s: port %s recycled", key.node, key.network_id, port.id)
+        return True
 
     async def want(self, keys: Iterable[NodeKey]) -> None:
         """Keep the pools of exactly ``keys`` filled: refill those below ``size`` and delete
@@ -213,6 +264,7 @@ class NodePools:
             raise
         if key in self._wanted:
             self.ready.setdefault(key, []).extend(made)
+            self.on_change(key.node)
         else:
             await self._delete([p.port.id for p in made])
 
@@ -288,6 +340,8 @@ class NodePools:
         await asyncio.gather(*refills, return_exceptions=True)
         await asyncio.gather(*self._discards, return_exceptions=True)
         dropped = [p.port.id for k in keys for p in self.ready.pop(k, [])]
+        for node in {k.node for k in keys}:
+            self.on_change(node)
         if dropped:
             LOG.info("pool: deleting %d port(s) no longer wanted", len(dropped))
         await self._delete(dropped)
@@ -331,6 +385,8 @@ class NodePools:
             self.ready.setdefault(key, []).append(PooledPort(port=port, vif=vifs[port.id],
                                                              key=key))
         await self._delete(stale)
+        for node in {k.node for _, k in keep}:
+            self.on_change(node)
         LOG.info("pool: %d ready port(s) found again; %d deleted (untagged, or of a Node gone)",
                  len(keep), len(stale))
         return len(keep)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import Any
 
 from kuryr import binding, errors, model
-from kuryr.linux import interfaces, namespaces
+from kuryr.linux import announcing, interfaces, namespaces
 from kuryr.neutron import client, resources
 
 LOG = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ async def _plug_and_activate(neutron: client.Neutron, binders: Mapping[str, bind
         await plug(binder, vif, netns=netns, ifname=ifname, undo=undo)
         await wait_ready(neutron, binder, port, vif, timeout=active_timeout)
         undo.pop_all()
+    await announce(vif, netns=netns, ifname=ifname)
     return Attachment(port=port, vif=dataclasses.replace(vif, is_active=True), netns=netns,
                       ifname=ifname)
 
@@ -135,6 +136,15 @@ async def wait_ready(neutron: client.Neutron, binder: binding.Binder, port: reso
     if not await binder.wait_ready(vif, timeout=timeout):
         await neutron.wait_port_status(port.id, "ACTIVE", timeout=timeout)
     return True
+
+
+async def announce(vif: model.VIF, *, netns: str, ifname: str) -> None:
+    """Tell the network the port's addresses are at its MAC now (gratuitous ARP, unsolicited
+    NA): a peer may hold a deleted port's MAC for a reused address, and OVN's ARP responder
+    answers the new port's own requests, so the peer would never learn otherwise. Once the
+    port is ready (earlier, OVS drops the frames), sent again 0.2 s later. Never raises."""
+    await asyncio.to_thread(announcing.announce, ifname, netns=netns, mac=vif.mac,
+                            addresses=[f.address for f in vif.fixed_ips])
 
 
 async def plug(binder: binding.Binder, vif: model.VIF, *, netns: str, ifname: str,

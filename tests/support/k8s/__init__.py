@@ -7,6 +7,7 @@
         api.fail("/api/v1/pods", status=500, times=2)   # the next 2 requests to that path
         api.drop_watches()                              # end every open watch stream
         api.expire_next_watch()                         # the next watch gets 410 Gone
+        api.compact()                                   # every older version is gone
 
     async with k8s.serve(service_cidr="10.96.0.0/24", endpoint_slices=True) as api:
         ...  # Services get clusterIPs; EndpointSlices follow pods and Services
@@ -46,6 +47,7 @@ from tests.support.k8s.registry import (
     KURYR_LOAD_BALANCERS,
     KURYR_NETWORK_POLICIES,
     KURYR_NETWORKS,
+    KURYR_NODE_POOLS,
     KURYR_PORTS,
     KURYR_RESOURCES,
     LEASES,
@@ -60,7 +62,8 @@ from tests.support.k8s.registry import (
 
 __all__ = [
     "CONFIGMAPS", "CORE_RESOURCES", "ENDPOINTS", "ENDPOINT_SLICES", "EVENTS",
-    "KURYR_LOAD_BALANCERS", "KURYR_NETWORKS", "KURYR_NETWORK_POLICIES", "KURYR_PORTS",
+    "KURYR_LOAD_BALANCERS", "KURYR_NETWORKS", "KURYR_NETWORK_POLICIES", "KURYR_NODE_POOLS",
+    "KURYR_PORTS",
     "KURYR_RESOURCES", "LEASES", "NAMESPACES", "NETWORK_POLICIES", "NODES", "PODS", "SERVICES",
     "Api", "Resource",
     "crd", "serve",
@@ -169,14 +172,19 @@ async def serve(resources: Iterable[Resource] | None = None, *, log_size: int = 
                 bookmark_interval: float = 1.0,
                 namespaces: Iterable[str] = DEFAULT_NAMESPACES,
                 service_cidr: str | None = None,
-                endpoint_slices: bool = False) -> AsyncIterator[Api]:
+                endpoint_slices: bool = False,
+                gone_as_status: bool = False) -> AsyncIterator[Api]:
     """Serve a fresh double on 127.0.0.1 (an ephemeral port) for the duration of the block.
 
     ``resources`` default to ``CORE_RESOURCES``; ``log_size`` is how many events a watch can
     resume across; ``namespaces`` exist from the start, as on a new cluster. Services are
     always defaulted and validated; with ``service_cidr`` they get clusterIPs from it. With
     ``endpoint_slices`` the EndpointSlice controller's stand-in runs (and EndpointSlices are
-    served even if ``resources`` leave them out).
+    served even if ``resources`` leave them out). A watch from a resourceVersion older than
+    the compaction point (``log_size``, ``compact``), or one ``expire_next_watch`` expires,
+    gets 410 Gone: as kube-apiserver sends it, an ERROR event in a 200 stream; with
+    ``gone_as_status`` as a server that checks the version before it streams answers, an
+    HTTP 410 ``Status`` (client-go's reflector lists again on either).
     """
     served = registry.Registry(list(resources or CORE_RESOURCES))
     objects = store.Store(log_size=log_size)
@@ -186,7 +194,8 @@ async def serve(resources: Iterable[Resource] | None = None, *, log_size: int = 
                          ENDPOINT_SLICES.plural) is None:
             served.register(ENDPOINT_SLICES)
         endpointslices.Controller(objects).install()
-    state = server.Server(served, objects, bookmark_interval=bookmark_interval)
+    state = server.Server(served, objects, bookmark_interval=bookmark_interval,
+                          is_gone_as_status=gone_as_status)
     for name in namespaces:
         state.store.create(registry.NAMESPACES, None, {"metadata": {"name": name}})
     runner = web.AppRunner(state.app(), handler_cancellation=True, shutdown_timeout=1.0)

@@ -87,8 +87,11 @@ KURYR_NETWORKS = crd("openstack.org", "v1", "kuryrnetworks", "KuryrNetwork")
 KURYR_NETWORK_POLICIES = crd("openstack.org", "v1", "kuryrnetworkpolicies",
                              "KuryrNetworkPolicy")
 KURYR_LOAD_BALANCERS = crd("openstack.org", "v1", "kuryrloadbalancers", "KuryrLoadBalancer")
+KURYR_NODE_POOLS = crd("openstack.org", "v1", "kuryrnodepools", "KuryrNodePool",
+                       namespaced=False)
 
-KURYR_RESOURCES = (KURYR_PORTS, KURYR_NETWORKS, KURYR_NETWORK_POLICIES, KURYR_LOAD_BALANCERS)
+KURYR_RESOURCES = (KURYR_PORTS, KURYR_NETWORKS, KURYR_NETWORK_POLICIES, KURYR_LOAD_BALANCERS,
+                   KURYR_NODE_POOLS)
 
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 

@@ -62,10 +62,13 @@ class Server:
     """The double's state (registry, store, faults, open watches) and its aiohttp app."""
 
     def __init__(self, resources: registry.Registry, objects: store.Store, *,
-                 bookmark_interval: float = 1.0) -> None:
+                 bookmark_interval: float = 1.0, is_gone_as_status: bool = False) -> None:
         self.registry = resources
         self.store = objects
         self.bookmark_interval = bookmark_interval
+        # A watch from a version older than the log keeps: refused with an HTTP 410 Status
+        # before any stream (True), or an ERROR event in a 200 stream (False, kube-apiserver's).
+        self.is_gone_as_status = is_gone_as_status
         self.faults: list[Fault] = []
         self.watches: list[watching.WatchRequest] = []
         self.requests: list[tuple[str, str]] = []
@@ -239,6 +242,11 @@ class Server:
             timeout=float(timeout) if timeout else None, path=request.path)
         is_forced_gone = self.expired_watches > 0
         self.expired_watches = max(0, self.expired_watches - 1)
+        if self.is_gone_as_status:
+            if is_forced_gone:
+                raise errors.gone("too old resource version (forced by the test)")
+            if watch.resource_version is not None:
+                self.store.events_after(watch.resource_version)  # 410 when compacted away
         self.watches.append(watch)
         try:
             return await watching.stream(request, watch, self.store,
