@@ -5,15 +5,22 @@ containernetworking-plugins.
     .venv/bin/python benchmarks/cni.py [--runs 50] [--podman-runs 10]
 
 Measures, as a runtime invokes the executables: ADD and DEL (median, p90, p99) with a pooled
-port, with a cold port, and with bridge; VERSION; and ``podman run --rm IMG true`` on a kuryr
-network vs a bridge network. Prints ratios against the targets (pooled ADD <= 2x bridge ADD,
-VERSION <= 25 ms, podman run <= 1.2x).
+port, with a cold port, and with bridge; beside each kuryr ADD and DEL the daemon's share (the
+daemon's own ``kuryr_cni_request_duration_seconds``, read from its ``/metrics`` around each
+request) and the Neutron calls per container the request waited for (its hot path) or that ran
+in the background meanwhile (``kuryr_neutron_calls_total`` by ``request``); a bare Neutron port
+create + plug + wait for readiness, in-process, as the baseline of a cold ADD; VERSION; and
+``podman run --rm IMG true`` on a kuryr network vs a bridge network. Prints ratios against the
+targets (pooled ADD <= 2x bridge ADD, pooled DEL <= 1x bridge DEL, cold ADD <= 2x the bare
+create + plug, VERSION <= 25 ms, podman run <= 1.2x).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import dataclasses
 import json
 import os
 import pathlib
@@ -22,7 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+
+import prometheus_client.parser
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
@@ -31,10 +41,13 @@ from tests.runtimes.conftest import REFERENCE_PLUGINS  # noqa: E402
 from tests.runtimes.test_podman import Podman  # noqa: E402
 from tests.support import cni  # noqa: E402
 
-from kuryr import settings  # noqa: E402
+from kuryr import binding, settings  # noqa: E402
 from kuryr.cli import install_cni  # noqa: E402
 from kuryr.linux import namespaces  # noqa: E402
 from kuryr.neutron import client, resources  # noqa: E402
+from kuryr.ports import lifecycle  # noqa: E402
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -63,22 +76,138 @@ def timed(executable: pathlib.Path, command: str, config: dict[str, object], *,
     return elapsed
 
 
+def scrape(health_port: int) -> Samples:
+    """The daemon's metrics: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in prometheus_client.parser.text_string_to_metric_families(text)
+            for sample in family.samples}
+
+
+def daemon_seconds(before: Samples, after: Samples, command: str) -> float:
+    """The daemon's own time for the one ``command`` served between two scrapes."""
+    key = ("kuryr_cni_request_duration_seconds_sum", (("command", command), ("result", "ok")))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def neutron_seconds(before: Samples, after: Samples) -> dict[str, float]:
+    """The mean latency of the daemon's Neutron calls between two scrapes, by operation."""
+    sums: dict[str, list[float]] = {}
+    for (name, labels), value in after.items():
+        if name in ("kuryr_neutron_call_seconds_sum", "kuryr_neutron_call_seconds_count"):
+            entry = sums.setdefault(dict(labels)["operation"], [0.0, 0.0])
+            entry[name.endswith("_count")] += value - before.get((name, labels), 0.0)
+    return {op: total / count for op, (total, count) in sums.items() if count}
+
+
+def neutron_calls(before: Samples, after: Samples) -> collections.Counter[tuple[str, str]]:
+    """Neutron calls between two scrapes by (request: ADD, DEL or background, operation)."""
+    calls: collections.Counter[tuple[str, str]] = collections.Counter()
+    for (name, labels), value in after.items():
+        if name == "kuryr_neutron_calls_total":
+            found = dict(labels)
+            delta = value - before.get((name, labels), 0.0)
+            if delta:
+                calls[found["request"], found["operation"]] += int(delta)
+    return calls
+
+
+@dataclasses.dataclass
+class Runs:
+    """ADD and DEL latencies as the runtime sees them, and, for kuryr, the daemon's share and
+    the Neutron calls made meanwhile."""
+
+    adds: list[float] = dataclasses.field(default_factory=list)
+    dels: list[float] = dataclasses.field(default_factory=list)
+    daemon_adds: list[float] = dataclasses.field(default_factory=list)
+    daemon_dels: list[float] = dataclasses.field(default_factory=list)
+    calls: collections.Counter[tuple[str, str]] = dataclasses.field(
+        default_factory=collections.Counter)
+    call_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 def add_del(executable: pathlib.Path, config: dict[str, object], runs: int, *,
-            pause: float = 0.0) -> tuple[list[float], list[float]]:
-    adds, dels = [], []
+            pause: float = 0.0, health_port: int | None = None) -> Runs:
+    """``runs`` ADD + DEL pairs, each into a fresh namespace; with ``health_port`` (a kuryr
+    daemon's) its metrics are read before and after every request (outside the timings)."""
+    out = Runs()
+    start = scrape(health_port) if health_port else {}
     for _ in range(runs):
         name = f"kb-{uuid.uuid4().hex[:8]}"
         namespaces.create(name)
         cid = uuid.uuid4().hex
         try:
-            adds.append(timed(executable, "ADD", config, container_id=cid,
-                              netns=f"/run/netns/{name}"))
-            dels.append(timed(executable, "DEL", config, container_id=cid,
-                              netns=f"/run/netns/{name}"))
+            for command, samples, share in (("ADD", out.adds, out.daemon_adds),
+                                            ("DEL", out.dels, out.daemon_dels)):
+                before = scrape(health_port) if health_port else {}
+                samples.append(timed(executable, command, config, container_id=cid,
+                                     netns=f"/run/netns/{name}"))
+                if health_port:
+                    share.append(daemon_seconds(before, scrape(health_port), command))
         finally:
             namespaces.remove(name)
         time.sleep(pause)
-    return adds, dels
+    if health_port:
+        end = scrape(health_port)
+        out.calls = neutron_calls(start, end)
+        out.call_seconds = neutron_seconds(start, end)
+    return out
+
+
+def show_calls(label: str, runs: Runs) -> None:
+    """The Neutron calls per container: those an ADD or DEL waited for (hot path), and those
+    of background work (retags, releases, pool refills) that ran during the runs."""
+    count = len(runs.adds)
+
+    def per(request: str) -> str:
+        ops = sorted((op, n) for (r, op), n in runs.calls.items() if r == request)
+        total = sum(n for _, n in ops) / count
+        detail = ", ".join(f"{op} {n / count:.2f}" for op, n in ops)
+        return f"{total:.2f}" + (f" ({detail})" if detail else "")
+
+    print(f"  {label} Neutron calls per container: hot path ADD {per('ADD')}, DEL {per('DEL')};"
+          f" off the hot path (background) {per('background')}")
+    if runs.call_seconds:
+        print("    mean Neutron call latency: " + ", ".join(
+            f"{op} {s * 1000:.0f} ms" for op, s in sorted(runs.call_seconds.items())))
+
+
+async def bare_neutron(config: settings.KuryrSettings, network_id: str,
+                       runs: int) -> list[float]:
+    """In-process, no daemon: create a port (bound to this host), plug it into a fresh
+    namespace and wait until it is ready (``ovn-installed``, or Neutron's ACTIVE), timed; the
+    network and subnets a VIF needs are read once beforehand. The baseline of a cold ADD."""
+    neutron = client.Neutron.from_settings(config)
+    binders = binding.binders(config.binding)
+    binder = binders["ovs"]
+    host = config.binding.host
+    samples = []
+    try:
+        network = await neutron.get_network(network_id)
+        subnets = await neutron.list_subnets(network_id=network_id)
+        for i in range(runs):
+            name = f"kb-{uuid.uuid4().hex[:8]}"
+            namespaces.create(name)
+            vif = None
+            try:
+                started = time.perf_counter()
+                port = await neutron.create_port(network_id, name=f"kb-bare-{i}", host_id=host,
+                                                 device_owner=lifecycle.DEVICE_OWNER)
+                vif = resources.vif(port, network, subnets)
+                await binder.plug(vif, netns=name, ifname="eth0")
+                await lifecycle.wait_ready(neutron, binder, port, vif, timeout=60)
+                samples.append(time.perf_counter() - started)
+            finally:
+                if vif is not None:
+                    await binder.unplug(vif)
+                    await neutron.delete_port(vif.port_id)
+                namespaces.remove(name)
+    finally:
+        for b in binders.values():
+            b.close()
+        neutron.close()
+    return samples
 
 
 def podman_runs(podman: Podman, network: str, image: str, runs: int) -> list[float]:
@@ -112,17 +241,24 @@ def main() -> None:
                                         "dataDir": str(work / "ipam")}}
         bridge = bin_dir / "bridge"
         print(f"ADD/DEL as a runtime invokes them, {args.runs} runs each:")
-        adds, dels = add_del(bridge, bridge_conf, args.runs)
-        results["bridge ADD"] = show("bridge+host-local ADD", adds)
-        results["bridge DEL"] = show("bridge+host-local DEL", dels)
+        runs = add_del(bridge, bridge_conf, args.runs)
+        results["bridge ADD"] = show("bridge+host-local ADD", runs.adds)
+        results["bridge DEL"] = show("bridge+host-local DEL", runs.dels)
         subprocess.run(["ip", "link", "del", "kb-br0"], capture_output=True)
+
+        results["bare"] = show("bare Neutron create+plug", asyncio.run(
+            bare_neutron(config, net.id, args.runs)))
 
         cold = cni.DaemonProcess(work, config_file=config.source)
         with cni.running(cold):
             conf = cni.netconf("1.0.0", net.id, socket_path=cold.socket, name="kb-cold")
-            adds, dels = add_del(executable, conf, args.runs)
-            results["cold ADD"] = show("kuryr cold port ADD", adds)
-            results["cold DEL"] = show("kuryr cold port DEL", dels)
+            add_del(executable, conf, 1)  # the first ADD looks the network up
+            runs = add_del(executable, conf, args.runs, health_port=cold.health_port)
+            results["cold ADD"] = show("kuryr cold port ADD", runs.adds)
+            show("  of which in the daemon", runs.daemon_adds)
+            results["cold DEL"] = show("kuryr cold port DEL", runs.dels)
+            show("  of which in the daemon", runs.daemon_dels)
+            show_calls("cold:", runs)
 
         pooled = cni.DaemonProcess(work, config_file=config.source, pool=True, env={
             "KURYR_CNI_DAEMON_POOL_SIZE": "10", "KURYR_CNI_DAEMON_POOL_BATCH": "10"})
@@ -130,9 +266,13 @@ def main() -> None:
             conf = cni.netconf("1.0.0", net.id, socket_path=pooled.socket, name="kb-pool")
             add_del(executable, conf, 2, pause=3)  # the first ADD creates the pool
             time.sleep(5)
-            adds, dels = add_del(executable, conf, args.runs, pause=0.3)
-            results["pooled ADD"] = show("kuryr pooled port ADD", adds)
-            results["pooled DEL"] = show("kuryr pooled port DEL (recycle)", dels)
+            runs = add_del(executable, conf, args.runs, pause=0.3,
+                           health_port=pooled.health_port)
+            results["pooled ADD"] = show("kuryr pooled port ADD", runs.adds)
+            results["pooled ADD daemon"] = show("  of which in the daemon", runs.daemon_adds)
+            results["pooled DEL"] = show("kuryr pooled port DEL (recycle)", runs.dels)
+            show("  of which in the daemon", runs.daemon_dels)
+            show_calls("pooled:", runs)
 
         versions = [timed(executable, "VERSION", {"cniVersion": "1.0.0"})
                     for _ in range(args.runs)]
@@ -169,7 +309,11 @@ def main() -> None:
 
         print("Ratios (medians) against the targets:")
         print(f"  pooled ADD / bridge ADD  {ratio('pooled ADD', 'bridge ADD'):5.2f}  "
-              "(target <= 2)")
+              f"(target <= 2; the daemon's share {results['pooled ADD daemon']['median']:.1f} "
+              f"of {results['pooled ADD']['median']:.1f} ms)")
+        print(f"  pooled DEL / bridge DEL  {ratio('pooled DEL', 'bridge DEL'):5.2f}  "
+              "(target <= 1)")
+        print(f"  cold ADD / bare create+plug {ratio('cold ADD', 'bare'):5.2f}  (target <= 2)")
         print(f"  cold ADD / bridge ADD    {ratio('cold ADD', 'bridge ADD'):5.2f}")
         print(f"  VERSION                  {results['VERSION']['median']:5.1f} ms "
               "(target <= 25 ms)")

@@ -12,7 +12,9 @@ namespace whose network exists before the clock starts. At t0 the N pods are cre
 kubelets do once the sandboxes exist, the N CNI ADDs are started at once, each into its own
 network namespace. The clock stops when the last ADD has answered. For each pod the moments
 its KuryrPort got a VIF and the VIF turned active are recorded, which says where the time goes;
-the controller's ``/metrics`` give the Neutron calls made in the window.
+the controller's ``/metrics`` give the Neutron calls made in the window, per pod and by
+operation, split at the moment the last VIF was written (a pod's hot path ends with its VIF:
+the daemon in Kubernetes mode calls no Neutron), and its pool takes (hit or miss).
 
 Upstream's figure (kuryr-kubernetes, 2017, "50 pods Running"): 103 s with port pools, 225 s
 without. Theirs counts from ``kubectl run`` to all pods Running on a real cluster, so it also
@@ -63,14 +65,22 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 def neutron_calls(health_port: int) -> dict[str, float]:
-    """The controller's Neutron call counters, by operation."""
+    """The controller's Neutron call counters, by operation, and its pool takes (as
+    ``pool hit`` and ``pool miss``)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     calls: dict[str, float] = {}
     for match in re.finditer(r'^kuryr_neutron_calls_total\{operation="([^"]+)",result="[^"]+"\}'
                              r" ([0-9.e+]+)$", text, re.M):
         calls[match[1]] = calls.get(match[1], 0) + float(match[2])
+    for match in re.finditer(r'^kuryr_pool_takes_total\{result="([^"]+)"\} ([0-9.e+]+)$', text,
+                             re.M):
+        calls[f"pool {match[1]}"] = float(match[2])
     return calls
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    return {op: int(n - before.get(op, 0)) for op, n in after.items() if n - before.get(op, 0)}
 
 
 def parallel_adds(executable: pathlib.Path, configs: list[Job]) -> list[float]:
@@ -156,6 +166,13 @@ async def kuryr_run(config: settings.KuryrSettings, executable: pathlib.Path,
                 await eventually(lambda: _pool_ready(neutron, count), within=300,
                                  what=f"{count} pool ports")
             await asyncio.to_thread(daemon.start)
+            if pooled:  # as on a node that has run for a while: the pool ports plugged ahead
+                for _ in range(900):  # at most 180 s
+                    if _plugged_ahead(daemon.log) >= count:
+                        break
+                    await asyncio.sleep(0.2)
+                print(f"    (pool ports plugged ahead by the daemon before t0: "
+                      f"{_plugged_ahead(daemon.log)} of {count})")
             try:
                 for name in netns_names:
                     namespaces.create(name)
@@ -171,7 +188,9 @@ async def kuryr_run(config: settings.KuryrSettings, executable: pathlib.Path,
                     args = cni.pod_args("bench", f"p{i}", pod["metadata"]["uid"], cid)
                     jobs.append((conf, {"CNI_ARGS": args}, cid, f"/run/netns/{netns}"))
                 seen: dict[str, dict[str, float]] = {"vif": {}, "active": {}}
-                watcher = asyncio.create_task(_watch_vifs(store, seen))
+                at_vifs: dict[str, float] = {}
+                watcher = asyncio.create_task(_watch_vifs(store, seen, count=count,
+                                                          health_port=health, at_vifs=at_vifs))
                 done = await asyncio.to_thread(parallel_adds, executable, jobs)
                 watcher.cancel()
                 after = neutron_calls(health)
@@ -179,12 +198,13 @@ async def kuryr_run(config: settings.KuryrSettings, executable: pathlib.Path,
                     cni.invoke(executable, "DEL", c, container_id=cid, netns=netns, env=e)
             finally:
                 await asyncio.to_thread(daemon.stop)
-            calls = {op: after.get(op, 0) - before.get(op, 0) for op in after}
             return {"total": max(done) - started,
                     "adds": [d - started for d in done],
                     "vif": [t - started for t in seen["vif"].values()],
                     "active": [t - started for t in seen["active"].values()],
-                    "calls": {op: int(c) for op, c in calls.items() if c}}
+                    "calls": delta(after, before),
+                    "calls_to_vifs": delta(at_vifs or after, before),
+                    "pods": count}
     finally:
         if controller is not None:
             processes.stop(controller, timeout=30)
@@ -209,7 +229,15 @@ async def _pool_ready(neutron: client.Neutron, count: int) -> bool:
     return sum(1 for p in ports if any(t.startswith("kuryr-pool=") for t in p.tags)) >= count
 
 
-async def _watch_vifs(store: Any, seen: dict[str, dict[str, float]]) -> None:
+def _plugged_ahead(log: pathlib.Path) -> int:
+    """How many pool ports the daemon has plugged ahead and seen installed (its log)."""
+    return log.read_text(errors="replace").count(" plugged ahead in ")
+
+
+async def _watch_vifs(store: Any, seen: dict[str, dict[str, float]], *, count: int,
+                      health_port: int, at_vifs: dict[str, float]) -> None:
+    """Record when each pod's VIF is written and turns active; once all ``count`` VIFs are
+    written, the controller's Neutron calls so far go into ``at_vifs``."""
     while True:
         for port in store.list(k8s.KURYR_PORTS, "bench")[0]:
             name = port["metadata"]["name"]
@@ -218,6 +246,8 @@ async def _watch_vifs(store: Any, seen: dict[str, dict[str, float]]) -> None:
                 seen["vif"][name] = time.perf_counter()
             if vif and vif.get("is_active") and name not in seen["active"]:
                 seen["active"][name] = time.perf_counter()
+        if len(seen["vif"]) >= count and not at_vifs:
+            at_vifs.update(await asyncio.to_thread(neutron_calls, health_port))
         await asyncio.sleep(0.01)
 
 
@@ -256,9 +286,21 @@ def describe(label: str, runs: list[dict[str, Any]]) -> float:
     if len(active) > 1:
         print(f"    ports turned ACTIVE one after another, one per "
               f"{(active[-1] - active[0]) / (len(active) - 1):.2f} s (Neutron's processing of "
-              f"OVN's port-up events; the ADDs wait for it)")
-    calls = ", ".join(f"{op} {n}" for op, n in sorted(last["calls"].items())) or "none"
-    print(f"    Neutron calls by the controller in the window (last run): {calls}")
+              f"OVN's port-up events; ADDs wait for it only where readiness is Neutron's)")
+    pods = last["pods"]
+
+    def per_pod(calls: dict[str, int]) -> str:
+        ops = {op: n for op, n in calls.items() if not op.startswith("pool ")}
+        listed = ", ".join(f"{op} {n / pods:.2f}" for op, n in sorted(ops.items()))
+        return f"{sum(ops.values()) / pods:.2f}" + (f" ({listed})" if listed else "")
+
+    calls, to_vifs = last["calls"], last["calls_to_vifs"]
+    later = {op: n - to_vifs.get(op, 0) for op, n in calls.items() if n - to_vifs.get(op, 0)}
+    print(f"    Neutron calls per pod on the hot path, at most (the controller's until the last "
+          f"VIF was written; the daemon makes none; last run): {per_pod(to_vifs)}; pool takes: hit "
+          f"{calls.get('pool hit', 0)}, miss {calls.get('pool miss', 0)}")
+    print(f"    Neutron calls per pod after the last VIF, until all ADDs were done (owner "
+          f"retags, ACTIVE polling, pool refills; off the hot path): {per_pod(later)}")
     return median
 
 

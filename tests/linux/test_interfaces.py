@@ -128,3 +128,44 @@ def test_socket_in_a_namespace_leaves_the_thread_in_its_own(
     with pytest.raises(errors.NamespaceNotFoundError):
         namespaces.socket_in("kt-no-such-namespace", socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
     assert os.readlink("/proc/thread-self/ns/net") == own
+
+
+def test_move_and_configure_in_one_pass_is_the_same_as_both_calls(
+        make_netns: Callable[[], str]) -> None:
+    """A pool's hand-over: the link leaves one namespace for another, renamed, up with its MTU,
+    addresses and routes, as ``move_to_netns`` then ``configure`` leave it; a name taken there
+    is refused."""
+    holding, target = make_netns(), make_netns()
+    (host, peer), (other_host, other_peer) = _names(), _names()
+    interfaces.create_veth(host, peer, mac="fa:16:3e:12:34:57", mtu=1500)
+    interfaces.create_veth(other_host, other_peer, mac="fa:16:3e:12:34:58", mtu=1500)
+    try:
+        interfaces.move_to_netns(peer, holding, new_ifname="pheld")
+        interfaces.move_to_netns(other_peer, holding, new_ifname="pother")
+        interfaces.set_up(host)
+        gateways = [ipaddress.ip_address("10.77.0.1"), ipaddress.ip_address("fd00:77::1")]
+        addresses = [ipaddress.ip_interface("10.77.0.5/24"),
+                     ipaddress.ip_interface("fd00:77::5/64")]
+        routes = [model.Route(ipaddress.ip_network("10.78.0.0/16"),
+                              ipaddress.ip_address("10.77.0.254"))]
+        interfaces.move_and_configure("pheld", target, new_ifname="eth0", source_netns=holding,
+                                      mtu=1442, addresses=addresses, gateways=gateways,
+                                      routes=routes)
+        seen = interfaces.describe("eth0", netns=target)
+        assert seen is not None
+        assert (seen["mac"], seen["mtu"], seen["state"]) == ("fa:16:3e:12:34:57", 1442, "UP")
+        assert sorted(seen["addresses"]) == ["10.77.0.5/24", "fd00:77::5/64"]
+        assert sorted(seen["routes"]) == ["0.0.0.0/0 via 10.77.0.1",
+                                          "10.78.0.0/16 via 10.77.0.254", "::/0 via fd00:77::1"]
+        lo = interfaces.describe("lo", netns=target)
+        assert lo is not None and lo["state"] == "UNKNOWN"  # up (a loopback has no carrier)
+        assert not interfaces.link_exists("pheld", netns=holding)
+        assert "nodad" in netns_run(target, "ip", "-6", "addr", "show", "eth0").stdout
+        assert "tx-checksumming: off" in netns_run(target, "ethtool", "-k", "eth0").stdout
+        with pytest.raises(errors.BindingError, match="already exists"):
+            interfaces.move_and_configure("pother", target, new_ifname="eth0",
+                                          source_netns=holding, mtu=1442, addresses=addresses,
+                                          gateways=gateways, routes=routes)
+    finally:
+        interfaces.delete_link(host)
+        interfaces.delete_link(other_host)

@@ -133,7 +133,8 @@ class Daemon:
     async def _start_standalone(self) -> None:
         cfg = self.config.cni_daemon
         host = self.config.binding.host
-        self.neutron = client.Neutron.from_settings(self.config)
+        self.neutron = client.Neutron.from_settings(self.config,
+                                                    observer=self.metrics.observe_neutron)
         if cfg.pool_enabled:
             self.pool = warm.PortPool(self.neutron, self.binders, host=host,
                                       size=cfg.pool_size, batch=cfg.pool_batch,
@@ -200,7 +201,8 @@ class Daemon:
         try:
             cni_request = protocol.parse_request(env, conf,
                                                  needs_network=self.handler.needs_network)
-            result = await dispatch(self.handler, cni_request)
+            with observing.serving(command):
+                result = await dispatch(self.handler, cni_request)
         except Exception as e:  # every failure goes back to the runtime as a CNI error
             error = codes.from_exception(e)
             seconds = time.monotonic() - started
