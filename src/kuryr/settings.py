@@ -51,6 +51,9 @@ class NeutronSettings:
     timeout: float = 30.0
     max_workers: int = 8
     port_active_timeout: float = 30.0
+    # Seconds a network's and subnet's attributes (MTU, gateway, routes) read for one port's
+    # VIF are reused for the next port's (0: read them for every port).
+    vif_cache_ttl: float = 30.0
 
     def is_configured(self) -> bool:
         return bool(self.cloud or self.auth_url or self.endpoint_override)

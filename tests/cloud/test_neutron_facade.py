@@ -63,6 +63,30 @@ async def test_ports_single_bulk_update_and_idempotent_delete(
         await neutron.get_port(port.id)
 
 
+async def test_vifs_of_ports_on_one_network_read_it_once_within_the_ttl(
+        cloud_config: settings.KuryrSettings, network: resources.Network) -> None:
+    calls: list[str] = []
+    counted = client.Neutron(connecting.connect(cloud_config.neutron),
+                             cluster_id=cloud_config.cluster_id, vif_cache_ttl=30,
+                             observer=lambda operation, result, seconds: calls.append(operation))
+    try:
+        ports = [await counted.create_port(network.id, tags=[TEST_TAG]) for _ in range(3)]
+        calls.clear()
+        vifs = [await counted.vif_for_port(p) for p in ports]
+        # One read of the network and of each of its two subnets, for three ports.
+        assert sorted(calls) == ["find network", "find subnet", "find subnet"], calls
+        assert {v.mtu for v in vifs} == {network.mtu}
+        assert all(len(v.gateways()) == 2 for v in vifs)
+        counted.vif_cache_ttl = 0  # off: read for every port
+        calls.clear()
+        await counted.vif_for_port(ports[0])
+        assert sorted(calls) == ["find network", "find subnet", "find subnet"], calls
+    finally:
+        for port in ports:
+            await counted.delete_port(port.id)
+        counted.close()
+
+
 async def test_vif_of_a_port(neutron: client.Neutron, network: resources.Network) -> None:
     port = await neutron.create_port(network.id, tags=[TEST_TAG])
     vif = await neutron.vif_for_port(port)

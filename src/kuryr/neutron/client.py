@@ -44,7 +44,8 @@ class Neutron(security_groups.SecurityGroups, address_groups.AddressGroups,
     def from_settings(cls, config: settings.KuryrSettings, *,
                       observer: Observer | None = None) -> Neutron:
         return cls(connecting.connect(config.neutron), cluster_id=config.cluster_id,
-                   max_workers=config.neutron.max_workers, observer=observer)
+                   max_workers=config.neutron.max_workers, observer=observer,
+                   vif_cache_ttl=config.neutron.vif_cache_ttl)
 
     # -- networks -------------------------------------------------------------------------------
     async def create_network(self, name: str, *, tags: Iterable[str] = (), mtu: int | None = None,
@@ -378,9 +379,25 @@ class Neutron(security_groups.SecurityGroups, address_groups.AddressGroups,
 
     # -- helpers -----------------------------------------------------------------------------------
     async def vif_for_port(self, port: resources.Port) -> model.VIF:
-        """The VIF of ``port`` (fetches its network and subnets concurrently)."""
+        """The VIF of ``port``: its network and subnets, fetched concurrently, or as fetched
+        for another port less than ``vif_cache_ttl`` seconds ago (``[neutron]
+        vif_cache_ttl``: a cold port then costs its create alone, not three calls)."""
         subnet_ids = sorted({f.subnet_id for f in port.fixed_ips})
         net, subnets = await asyncio.gather(
-            self.get_network(port.network_id),
-            asyncio.gather(*(self.get_subnet(s) for s in subnet_ids)))
+            self._vif_part(f"network {port.network_id}", self.get_network, port.network_id),
+            asyncio.gather(*(self._vif_part(f"subnet {s}", self.get_subnet, s)
+                             for s in subnet_ids)))
         return resources.vif(port, net, subnets)
+
+    async def _vif_part(self, key: str, fetch: Any, resource_id: str) -> Any:
+        now = time.monotonic()
+        cached = self._vif_parts.get(key)
+        if cached is not None and now - cached[0] < self.vif_cache_ttl:
+            return cached[1]
+        found = await fetch(resource_id)
+        if self.vif_cache_ttl > 0:
+            if len(self._vif_parts) > 1024:  # bounded: drop what has expired
+                self._vif_parts = {k: v for k, v in self._vif_parts.items()
+                                   if now - v[0] < self.vif_cache_ttl}
+            self._vif_parts[key] = (now, found)
+        return found

@@ -27,8 +27,12 @@ class Facade:
     """The shared base of ``client.Neutron``: a connection, its thread pool and ``_call``."""
 
     def __init__(self, conn: openstack.connection.Connection, *, cluster_id: str,
-                 max_workers: int = 8, observer: operations.Observer | None = None) -> None:
+                 max_workers: int = 8, observer: operations.Observer | None = None,
+                 vif_cache_ttl: float = 0.0) -> None:
         self._conn = conn
+        # ``vif_for_port``'s networks and subnets, reused for ``vif_cache_ttl`` seconds.
+        self.vif_cache_ttl = vif_cache_ttl
+        self._vif_parts: dict[str, tuple[float, Any]] = {}
         self._observer = observer
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="neutron")
