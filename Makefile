@@ -7,11 +7,11 @@ KURYR := $(VENV)/bin/kuryr
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v 'is ignored' || true
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,openstack]' 2>&1 | grep -v 'is ignored' || true
 	$(VENV)/bin/python -c 'import kuryr, pytest, mypy' 
 	touch $@
 
-## setup: a virtualenv in .venv with kuryr (editable) and the test tools
+## setup: a virtualenv in .venv with kuryr (editable), the test tools and the openstack client
 setup: $(VENV)/.installed
 
 ## demo: the main job: local Neutron cloud up; two sandboxes, Docker and podman containers on

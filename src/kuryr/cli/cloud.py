@@ -132,6 +132,7 @@ def env(ctx: click.Context) -> None:
 
     Sets OS_CLIENT_CONFIG_FILE and OS_CLOUD (openstack, openstacksdk; the clouds.yaml entry
     names Neutron's and Octavia's endpoints), KURYR_CONFIG (kuryr) and
-    OVS_RUNDIR, OVN_RUNDIR, ... (ovs-vsctl, ovn-nbctl).
+    OVS_RUNDIR, OVN_RUNDIR, ... (ovs-vsctl, ovn-nbctl); and PATH, when the openstack client
+    is installed beside kuryr (make setup).
     """
     click.echo(lifecycle.env(_layout(ctx)), nl=False)

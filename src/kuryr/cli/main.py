@@ -18,12 +18,16 @@ from kuryr.cli import groups
 # `kuryr cloud up` does not pay for openstacksdk or aiohttp.
 _COMMANDS = {
     "cloud": "kuryr.cli.cloud:cloud",
+    "connectivity-test": "kuryr.cli.connectivity:connectivity_test",
     "controller": "kuryr.cli.controller:controller",
     "daemon": "kuryr.cli.daemon:daemon",
     "demo": "kuryr.cli.demo:demo",
+    "doctor": "kuryr.cli.doctor:doctor",
     "gc": "kuryr.cli.gc:gc",
     "install-cni": "kuryr.cli.install_cni:install_cni",
     "libnetwork": "kuryr.cli.libnetwork:libnetwork",
+    "ports": "kuryr.cli.ports:ports",
+    "status": "kuryr.cli.status:status",
 }
 
 

@@ -20,6 +20,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 
 import yaml
@@ -412,6 +413,14 @@ def env(cloud: layout.CloudLayout) -> str:
     lines = [f"# Neutron: {layout.NEUTRON_URL}  Octavia (load balancers, ovn provider): "
              f"{layout.OCTAVIA_URL}  outside: ip netns exec {layout.OUTSIDE_NETNS} ..."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in variables.items()]
+    # The `openstack` client installed beside kuryr (pip's extra "openstack", make setup).
+    # The PATH written is the caller's with that directory first (once): `eval` runs it in
+    # the shell whose environment this process inherited.
+    bin_dir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", os.defpath)
+    if (os.access(os.path.join(bin_dir, "openstack"), os.X_OK)
+            and bin_dir not in path.split(os.pathsep)):
+        lines.append(f"export PATH={shlex.quote(bin_dir + os.pathsep + path)}")
     entry = yaml.safe_dump({"clouds": {settings.LOCAL_CLOUD_NAME: rendering.clouds_entry()}},
                            default_flow_style=False, sort_keys=False)
     lines.append(f"# The clouds.yaml entry (in {cloud.clouds_yaml}):")

@@ -78,6 +78,8 @@ class Port:
     security_group_ids: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     project_id: str = ""
+    created_at: str = ""  # ISO 8601 as Neutron gives it ("2026-12-01T14:58:08Z"), or ""
+    vif_type: str = ""  # binding:vif_type ("ovs", "binding_failed", "unbound"), or ""
 
     @property
     def is_active(self) -> bool:
@@ -225,7 +227,8 @@ def port(r: Any) -> Port:
         host_id=r.binding_host_id or "", project_id=r.project_id or "",
         fixed_ips=tuple(FixedIP(subnet_id=f["subnet_id"], ip_address=f["ip_address"])
                         for f in r.fixed_ips or ()),
-        security_group_ids=tuple(r.security_group_ids or ()), tags=_tags(r))
+        security_group_ids=tuple(r.security_group_ids or ()), tags=_tags(r),
+        created_at=r.created_at or "", vif_type=r.binding_vif_type or "")
 
 
 def security_group(r: Any) -> SecurityGroup:
