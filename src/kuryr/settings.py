@@ -127,6 +127,11 @@ class LibnetworkSettings:
     ``global``: shared by a swarm). The default pools are the Neutron subnet pools a network
     created without ``--subnet`` takes its prefix from; ``wait_active`` makes ``Join`` wait
     until Neutron reports the port ACTIVE, so a container's first packet is not lost.
+
+    With ``pool_enabled`` the driver keeps, per Docker network on kuryr's IPAM, ``pool_size``
+    ready ports (plugged, ACTIVE; created ``pool_batch`` at a time, in the background): a
+    container whose address kuryr chooses then starts with no Neutron call, and its port goes
+    back to the pool (or is deleted) in the background when it is removed.
     """
 
     socket_path: str = "/run/docker/plugins/kuryr.sock"
@@ -136,6 +141,9 @@ class LibnetworkSettings:
     default_pool_v6: str = "fd25:6b75:7279::/48"
     default_prefixlen_v6: int = 64
     wait_active: bool = True
+    pool_enabled: bool = True
+    pool_size: int = 3
+    pool_batch: int = 3
 
     def __post_init__(self) -> None:
         if self.scope not in ("local", "global"):

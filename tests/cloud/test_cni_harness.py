@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import pathlib
 import time
 import uuid
@@ -485,3 +486,172 @@ async def test_pooled_ports(executable: pathlib.Path, cni_net: resources.Network
     with cni.running(cni.DaemonProcess(tmp_path, config_file=cloud_config.source, pool=True,
                                        env={"KURYR_CNI_DAEMON_POOL_SIZE": "2"})):
         assert "found again" in (tmp_path / "daemon.log").read_text()
+
+
+async def free_addresses(neutron: client.Neutron, network: resources.Network
+                         ) -> tuple[str, str]:
+    """An IPv4 and an IPv6 address of the network's subnets that no port holds (high in each
+    subnet, away from Neutron's own picks)."""
+    held = {f.ip_address for p in await neutron.list_ports(network_id=network.id)
+            for f in p.fixed_ips}
+    found = {}
+    for subnet in await neutron.list_subnets(network_id=network.id):
+        net = ipaddress.ip_network(subnet.cidr)
+        found[subnet.ip_version] = next(str(net[-n]) for n in range(10, 200)
+                                        if str(net[-n]) not in held)
+    return found[4], found[6]
+
+
+def random_mac() -> str:
+    tail = uuid.uuid4().bytes[:4]
+    return "02:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+@pytest.mark.parametrize(("version", "via"), [("1.0.0", "args"), ("0.3.1", "args"),
+                                              ("1.0.0", "runtimeConfig")])
+async def test_static_addresses_and_mac(version: str, via: str, executable: pathlib.Path,
+                                        daemon: cni.DaemonProcess, cni_net: resources.Network,
+                                        facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+                                        make_netns: Callable[[], str]) -> None:
+    """``IP=``/``MAC=`` in CNI_ARGS, or runtimeConfig ``ips``/``mac``: the port and the
+    container get exactly those; CHECK passes; DEL deletes the port."""
+    ns, cid = make_netns(), container_id()
+    path = f"/run/netns/{ns}"
+    v4, v6 = await free_addresses(facade, cni_net)
+    mac = random_mac()
+    conf = cni.netconf(version, cni_net.name, socket_path=daemon.socket)
+    env = {}
+    if via == "args":
+        env = {"CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME=p;IP={v4},{v6};MAC={mac.upper()}"}
+    else:
+        conf["runtimeConfig"] = {"ips": [f"{v4}/24", f"{v6}/64"], "mac": mac}
+    rc, result = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                         container_id=cid, netns=path, env=env)
+    assert rc == 0 and result is not None, result
+    (port,) = await ports_of(facade, cid)
+    assert port.mac == mac and {f.ip_address for f in port.fixed_ips} == {v4, v6}
+    assert result["interfaces"][0]["mac"] == mac
+    assert {ip["address"].split("/")[0] for ip in result["ips"]} == {v4, v6}
+    seen = await asyncio.to_thread(interfaces.describe, "eth0", netns=path)
+    assert seen is not None and seen["mac"] == mac
+    assert {a.split("/")[0] for a in seen["addresses"]} == {v4, v6}
+    with_prev = {**conf, "prevResult": result}
+    if version != "0.3.1":
+        # ADD answered on ovn-controller's word; CHECK wants Neutron's ACTIVE too.
+        assert (await facade.wait_port_status(port.id, "ACTIVE", timeout=30)).is_active
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "CHECK", with_prev,
+                                          container_id=cid, netns=path, env=env)
+        assert rc == 0 and out is None, out
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", with_prev,
+                                      container_id=cid, netns=path, env=env)
+    assert rc == 0, out
+    await assert_nothing_left(facade, ovs, cid, [port.id], path)
+
+
+async def test_static_ipv4_only_gets_ipv6_from_neutron(
+        executable: pathlib.Path, daemon: cni.DaemonProcess, cni_net: resources.Network,
+        facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+        make_netns: Callable[[], str]) -> None:
+    ns, cid = make_netns(), container_id()
+    v4, _ = await free_addresses(facade, cni_net)
+    conf = cni.netconf("1.0.0", cni_net.name, socket_path=daemon.socket)
+    rc, result = await asyncio.to_thread(cni.invoke, executable, "ADD", conf, container_id=cid,
+                                         netns=f"/run/netns/{ns}",
+                                         env={"CNI_ARGS": f"IP={v4}"})
+    assert rc == 0 and result is not None, result
+    (port,) = await ports_of(facade, cid)
+    addresses = sorted((ipaddress.ip_address(f.ip_address) for f in port.fixed_ips),
+                       key=lambda a: a.version)
+    assert str(addresses[0]) == v4 and [a.version for a in addresses] == [4, 6]
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf, container_id=cid,
+                                      netns=f"/run/netns/{ns}")
+    assert rc == 0, out
+    await assert_nothing_left(facade, ovs, cid, [port.id])
+
+
+async def test_static_address_refusals_name_it_and_leave_nothing(
+        executable: pathlib.Path, daemon: cni.DaemonProcess, cni_net: resources.Network,
+        facade: client.Neutron, ovs: ovs_binding.OvsBinder,
+        make_netns: Callable[[], str]) -> None:
+    """An address on no subnet of the network (4 from CNI_ARGS, 7 from runtimeConfig), an
+    address or a MAC another port holds (107): a CNI error naming it, no port in Neutron."""
+    holder_ns, holder = make_netns(), container_id()
+    conf = cni.netconf("1.0.0", cni_net.name, socket_path=daemon.socket)
+    rc, held = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                       container_id=holder, netns=f"/run/netns/{holder_ns}")
+    assert rc == 0 and held is not None, held
+    (holder_port,) = await ports_of(facade, holder)
+    held_v4 = next(f.ip_address for f in holder_port.fixed_ips if ":" not in f.ip_address)
+    held_v6 = next(f.ip_address for f in holder_port.fixed_ips if ":" in f.ip_address)
+    ns, cid = make_netns(), container_id()
+    path = f"/run/netns/{ns}"
+    cases = [
+        ({"CNI_ARGS": "IP=192.0.2.77"}, conf, codes.INVALID_ENVIRONMENT, "192.0.2.77"),
+        ({}, {**conf, "runtimeConfig": {"ips": ["2001:db8::77/64"]}}, codes.INVALID_CONFIG,
+         "2001:db8::77"),
+        ({"CNI_ARGS": f"IP={held_v4}"}, conf, codes.ADDRESS_IN_USE, held_v4),
+        ({"CNI_ARGS": f"IP={held_v6}"}, conf, codes.ADDRESS_IN_USE, held_v6),
+        ({"CNI_ARGS": f"MAC={holder_port.mac}"}, conf, codes.ADDRESS_IN_USE, holder_port.mac),
+        ({"CNI_ARGS": "MAC=03:00:00:00:00:01"}, conf, codes.INVALID_ENVIRONMENT,
+         "03:00:00:00:00:01"),
+    ]
+    for env, config, code, named in cases:
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", config,
+                                          container_id=cid, netns=path, env=env)
+        assert rc == 1 and out is not None, (env, out)
+        assert out["code"] == code and named in out["msg"], (env, out)
+        assert await ports_of(facade, cid) == [], env
+    await assert_nothing_left(facade, ovs, cid, [], path)
+    rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf, container_id=holder,
+                                      netns=f"/run/netns/{holder_ns}")
+    assert rc == 0, out
+    await assert_nothing_left(facade, ovs, holder, [holder_port.id])
+
+
+async def test_static_address_never_takes_a_pooled_port(
+        executable: pathlib.Path, cni_net: resources.Network, facade: client.Neutron,
+        ovs: ovs_binding.OvsBinder, cloud_config: settings.KuryrSettings,
+        tmp_path: pathlib.Path, make_netns: Callable[[], str]) -> None:
+    """With the warm pool full, a request naming an address gets a port of its own, and at DEL
+    that port is deleted, not recycled into the pool (it would keep the address)."""
+    pool_tag = tagging.owner("pool-host", cloud_config.binding.host)
+    pooled = cni.DaemonProcess(tmp_path, config_file=cloud_config.source, pool=True,
+                               env={"KURYR_CNI_DAEMON_POOL_SIZE": "1"})
+    conf = cni.netconf("1.0.0", cni_net.name, socket_path=pooled.socket, name="kuryr-static")
+    with cni.running(pooled):
+        warm_ns, warm_cid = make_netns(), container_id()
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "ADD", conf,
+                                          container_id=warm_cid, netns=f"/run/netns/{warm_ns}")
+        assert rc == 0, out  # wakes the pool of this network
+        deadline = time.monotonic() + 60
+        ready: set[str] = set()
+        while time.monotonic() < deadline and not ready:
+            ready = {p.id for p in await facade.list_ports(network_id=cni_net.id,
+                                                           tags=[pool_tag])
+                     if p.status == "ACTIVE"}
+            await asyncio.sleep(0.5)
+        assert ready
+        ns, cid = make_netns(), container_id()
+        v4, v6 = await free_addresses(facade, cni_net)
+        mac = random_mac()
+        rc, out = await asyncio.to_thread(
+            cni.invoke, executable, "ADD", conf, container_id=cid, netns=f"/run/netns/{ns}",
+            env={"CNI_ARGS": f"IP={v4},{v6};MAC={mac}"})
+        assert rc == 0 and out is not None, out
+        (port,) = await ports_of(facade, cid)
+        assert port.id not in ready and port.mac == mac
+        assert {f.ip_address for f in port.fixed_ips} == {v4, v6}
+        assert tagging.owner(standalone.TAG_STATIC, "true") in port.tags
+        # DEL as containerd sends it (no CNI_ARGS): still deleted, not recycled.
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                          container_id=cid, netns="",
+                                          env={"CNI_ARGS": ""})
+        assert rc == 0, out
+        await assert_nothing_left(facade, ovs, cid, [port.id], f"/run/netns/{ns}")
+        pool = {p.id for p in await facade.list_ports(network_id=cni_net.id, tags=[pool_tag])}
+        assert port.id not in pool
+        rc, out = await asyncio.to_thread(cni.invoke, executable, "DEL", conf,
+                                          container_id=warm_cid,
+                                          netns=f"/run/netns/{warm_ns}")
+        assert rc == 0, out
+        assert await cni.released(functools.partial(ports_of, facade, warm_cid)) == []

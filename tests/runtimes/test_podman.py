@@ -1,23 +1,29 @@
 """podman (CNI backend) with kuryr networks on the local cloud: containers get Neutron ports
 and ping each other, a container in a security group that opens TCP 8080 is reachable on that
-port only, and ``podman rm`` leaves no Neutron port, veth or OVS port behind."""
+port only, ``--ip``/``--ip6``/``--mac-address`` give exactly those (and are refused, naming the
+address, when outside the network or in use), and ``podman rm`` leaves no Neutron port, veth or
+OVS port behind."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json
 import pathlib
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Iterator
 
 import pytest
 
+from kuryr import settings
 from kuryr.binding import ovs as ovs_binding
 from kuryr.cli import install_cni
 from kuryr.daemon import standalone
 from kuryr.linux import interfaces
 from kuryr.neutron import client, resources, tagging
+from tests.cloud.conftest import TEST_TAG, remove_network
 from tests.conftest import RUN_ID
 from tests.support import cni
 
@@ -136,3 +142,85 @@ async def test_podman_containers_on_neutron_ports(
             assert await asyncio.to_thread(binder.ovsdb.port_external_ids, tap) is None
     finally:
         binder.close()
+
+
+async def _dual_stack_network(neutron: client.Neutron) -> tuple[resources.Network, str, str]:
+    n = uuid.uuid4().int % 200 + 20
+    net = await neutron.create_network(f"kt-{RUN_ID}-rt-static-{n}", tags=[TEST_TAG])
+    v4 = f"10.{n}.{uuid.uuid4().int % 250}.0/24"
+    v6 = f"fd00:{n:x}:{uuid.uuid4().int % 0xffff:x}::/64"
+    await neutron.create_subnet(net.id, cidr=v4, ip_version=4, tags=[TEST_TAG])
+    await neutron.create_subnet(net.id, cidr=v6, ip_version=6, tags=[TEST_TAG])
+    return await neutron.get_network(net.id), v4, v6
+
+
+def _container_ports(neutron: client.Neutron, cid: str) -> functools.partial[
+        Awaitable[list[resources.Port]]]:
+    return functools.partial(neutron.list_ports,
+                             tags=[tagging.owner(standalone.TAG_CONTAINER, cid)])
+
+
+async def test_podman_static_ip_ip6_and_mac(
+        podman: Podman, runtime_daemon: cni.DaemonProcess, runtime_neutron: client.Neutron,
+        cni_bin_dir: pathlib.Path, cloud_config: settings.KuryrSettings) -> None:
+    """``podman run --ip --ip6 --mac-address`` on a kuryr network: the Neutron port and the
+    container have exactly those, CHECK passes; an address outside the network's subnets, or
+    one in use, fails ``podman run`` with kuryr's error naming it and leaves no port."""
+    net, cidr4, cidr6 = await _dual_stack_network(runtime_neutron)
+    name = f"kuryr-static-{RUN_ID}"
+    install_cni.write_conflist(podman.conf_dir, install_cni.conflist(
+        name=name, network=net.name, daemon_socket=runtime_daemon.socket))
+    v4 = str(ipaddress.ip_network(cidr4)[200])
+    v6 = str(ipaddress.ip_network(cidr6)[0x200])
+    mac = "02:00:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:4])
+    first, second = f"kt-{RUN_ID}-static-a", f"kt-{RUN_ID}-static-b"
+    cid = ""
+    try:
+        await asyncio.to_thread(podman, "run", "-d", "--name", first, "--network", name,
+                                "--ip", v4, "--ip6", v6, "--mac-address", mac, IMAGE,
+                                "sleep", "300")
+        cid = await asyncio.to_thread(full_id, podman, first)
+        (port,) = await _container_ports(runtime_neutron, cid)()
+        assert port.mac == mac
+        assert {f.ip_address for f in port.fixed_ips} == {v4, v6}
+        assert await asyncio.to_thread(ip_of, podman, first) == v4
+        shown = (await asyncio.to_thread(podman, "exec", first, "ip", "addr", "show",
+                                         "eth0")).stdout
+        assert mac in shown and f"{v4}/24" in shown and f"{v6}/64" in shown, shown
+
+        # CHECK, as a runtime sends it, against what podman's container has.
+        sandbox = json.loads(podman("inspect", first).stdout)[0]["NetworkSettings"][
+            "SandboxKey"]
+        assert (await runtime_neutron.wait_port_status(port.id, "ACTIVE",
+                                                       timeout=30)).is_active
+        previous = {"cniVersion": "1.0.0",
+                    "interfaces": [{"name": "eth0", "mac": mac, "sandbox": sandbox}],
+                    "ips": [{"address": f"{v4}/24", "interface": 0},
+                            {"address": f"{v6}/64", "interface": 0}]}
+        conf = cni.netconf("1.0.0", net.name, socket_path=runtime_daemon.socket, name=name,
+                           prevResult=previous)
+        rc, out = await asyncio.to_thread(
+            cni.invoke, cni_bin_dir / install_cni.EXECUTABLE, "CHECK", conf, container_id=cid,
+            netns=sandbox, env={"CNI_ARGS": f"IgnoreUnknown=1;IP={v4},{v6};MAC={mac}"})
+        assert rc == 0 and out is None, out
+
+        # Refusals: podman fails with kuryr's message naming the address; no port is left.
+        for argv, named in ((["--ip", "192.0.2.9"], "192.0.2.9"),
+                            (["--ip", v4], v4),
+                            (["--mac-address", mac], mac)):
+            done = await asyncio.to_thread(podman, "run", "-d", "--name", second,
+                                           "--network", name, *argv, IMAGE, "sleep", "300",
+                                           check=False)
+            assert done.returncode != 0 and named in done.stderr, done.stderr
+            await asyncio.to_thread(podman, "rm", "-f", "-t", "0", second, check=False)
+        ports = await runtime_neutron.list_ports(network_id=net.id,
+                                                 device_owner="compute:kuryr")
+        assert [p.id for p in ports] == [port.id]
+    finally:
+        for container in (first, second):  # one by one: a missing name fails the whole rm
+            await asyncio.to_thread(podman, "rm", "-f", "-t", "0", container, check=False)
+        try:
+            if cid:
+                assert await cni.released(_container_ports(runtime_neutron, cid)) == []
+        finally:
+            await remove_network(runtime_neutron, cloud_config, net.id)

@@ -242,3 +242,52 @@ def test_a_timeout_that_is_not_a_positive_number_is_invalid_config(
     assert rc == 1 and out["code"] == codes.INVALID_CONFIG, out
     assert "timeout" in str(out["msg"])
     assert install_cni.conflist(name="n", network="x", timeout=300)["plugins"][0]["timeout"] == 300
+
+
+def test_static_addresses_from_cni_args() -> None:
+    env = {**ENV, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.1.0.5,fd00::5;"
+                              "MAC=02:00:00:AA:bb:cc"}
+    request = protocol.parse_request(env, json.dumps(conf()))
+    assert request.ips == (ipaddress.ip_address("10.1.0.5"), ipaddress.ip_address("fd00::5"))
+    assert request.mac == "02:00:00:aa:bb:cc" and request.is_static
+    assert request.cni_args["K8S_POD_NAME"] == "p"  # other args keep working
+    plain = protocol.parse_request(ENV, json.dumps(conf()))
+    assert plain.ips == () and plain.mac is None and not plain.is_static
+
+
+def test_static_addresses_from_runtime_config_win_over_cni_args() -> None:
+    env = {**ENV, "CNI_ARGS": "IP=10.1.0.5;MAC=02:00:00:00:00:01"}
+    runtime = {"ips": ["10.1.0.7/24", "fd00::7/64"], "mac": "02:00:00:00:00:02"}
+    request = protocol.parse_request(env, json.dumps(conf(runtimeConfig=runtime)))
+    assert [str(ip) for ip in request.ips] == ["10.1.0.7", "fd00::7"]
+    assert request.mac == "02:00:00:00:00:02"
+    only_mac = protocol.parse_request(
+        env, json.dumps(conf(runtimeConfig={"mac": "02:00:00:00:00:03"})))
+    assert [str(ip) for ip in only_mac.ips] == ["10.1.0.5"]
+    assert only_mac.mac == "02:00:00:00:00:03"
+
+
+@pytest.mark.parametrize("args", ["IP=10.1.0.300", "IP=nope", "MAC=01:00:00:00:00:01",
+                                  "MAC=02:00:00:00:00", "IP=10.1.0.5,10.1.0.5"])
+def test_bad_static_addresses_in_cni_args_are_code_4(args: str) -> None:
+    with pytest.raises(codes.CniError) as caught:
+        protocol.parse_request({**ENV, "CNI_ARGS": args}, json.dumps(conf()))
+    assert caught.value.code == codes.INVALID_ENVIRONMENT
+    assert args.split("=", 1)[1] in caught.value.msg  # the message names what was given
+
+
+def test_del_with_a_bad_static_address_still_parses() -> None:
+    env = {**ENV, "CNI_COMMAND": "DEL", "CNI_ARGS": "IP=nope;MAC=zz"}
+    request = protocol.parse_request(env, json.dumps(conf()))
+    assert request.command == "DEL" and not request.is_static
+
+
+@pytest.mark.parametrize("runtime", [{"ips": "10.1.0.5"}, {"ips": ["10.1.0.x"]},
+                                     {"mac": "zz:00:00:00:00:01"}, {"mac": 5}, []])
+def test_bad_static_addresses_in_runtime_config_are_code_7(runtime: object) -> None:
+    assert code_of(ENV, conf(runtimeConfig=runtime)) == codes.INVALID_CONFIG
+
+
+def test_conflist_declares_the_static_address_capabilities() -> None:
+    plugin = install_cni.conflist(name="n", network="x")["plugins"][0]
+    assert plugin["capabilities"] == {"ips": True, "mac": True}

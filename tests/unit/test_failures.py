@@ -25,7 +25,9 @@ def _http_error(status: int, kind: str | None, message: str) -> sdk_exceptions.H
     (404, "PortNotFound", errors.NotFoundError),
     (409, "OverQuota", errors.QuotaExceededError),
     (409, "IpAddressGenerationFailure", errors.QuotaExceededError),
-    (409, "MacAddressInUse", errors.PermanentError),
+    (409, "MacAddressInUse", failures.MacAddressInUseError),
+    (409, "IpAddressAlreadyAllocated", failures.AddressInUseError),
+    (400, "InvalidIpForSubnet", failures.InvalidAddressError),
     (409, None, errors.TemporaryError),  # a revision conflict: try again
     (400, "InvalidInput", errors.PermanentError),
     (403, "PolicyNotAuthorized", errors.PermanentError),

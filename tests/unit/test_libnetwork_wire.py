@@ -9,6 +9,7 @@ import pytest
 
 from kuryr import errors
 from kuryr.libnetwork import mapping, wire
+from kuryr.neutron import resources
 
 
 def test_malformed_json_is_a_wire_error_naming_the_call() -> None:
@@ -35,7 +36,8 @@ def test_create_network_as_docker_sends_it() -> None:
     assert request.generic == {"neutron.net.uuid": "n-1"}
     assert request.is_internal
     assert request.ipam == (wire.IpamData(pool=ipaddress.ip_network("10.1.0.0/24"),
-                                          gateway=ipaddress.ip_interface("10.1.0.1/24")),)
+                                          gateway=ipaddress.ip_interface("10.1.0.1/24"),
+                                          address_space="kuryr-local"),)
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -112,6 +114,18 @@ def test_pool_ids_round_trip_and_foreign_ones_are_refused() -> None:
         mapping.decode_pool_id("LocalDefault/172.17.0.0/16")
 
 
+def test_a_subnet_names_the_subnet_pool_of_its_docker_pool() -> None:
+    # Two Docker networks of one CIDR: their subnets are told apart by their Docker pool's
+    # subnet pool (the tag; for subnets made before it, the pool Neutron allocated them from).
+    def subnet(tags: tuple[str, ...], pool: str | None) -> resources.Subnet:
+        return resources.Subnet(id="s", name="", network_id="n", cidr="10.1.0.0/24",
+                                ip_version=4, gateway_ip=None, subnet_pool_id=pool, tags=tags)
+    assert mapping.source_pool_id(subnet((mapping.subnet_pool_tag("sp-2"),), "sp-1")) == "sp-2"
+    assert mapping.source_pool_id(subnet((), "sp-1")) == "sp-1"
+    assert mapping.source_pool_id(subnet((), None)) is None
+    assert "/" not in mapping.subnet_pool_tag("sp-2")
+
+
 def test_pool_tags_have_no_slash_and_are_read_back() -> None:
     # Neutron removes a single tag through the URL path: a '/' would make it unremovable.
     v4, v6 = ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_network("fd00:1::/64")
@@ -132,3 +146,41 @@ def test_libnetwork_settings_are_checked() -> None:
         settings.parse("[libnetwork]\nscope = swarm\n")
     with pytest.raises(errors.ConfigError, match="not an IPv6 prefix"):
         settings.parse("[libnetwork]\ndefault_pool_v6 = 10.0.0.0/8\n")
+
+
+def test_allocation_pools_keep_the_range_and_leave_out_gateway_and_aux_addresses() -> None:
+    cidr = ipaddress.ip_network("10.1.0.0/24")
+    a = ipaddress.ip_address
+    assert mapping.allocation_pools(cidr, ip_range=None, excluded=[a("10.1.0.1")]) == [
+        {"start": "10.1.0.2", "end": "10.1.0.254"}]
+    assert mapping.allocation_pools(
+        cidr, ip_range=ipaddress.ip_network("10.1.0.128/25"),
+        excluded=[a("10.1.0.1"), a("10.1.0.130"), a("10.1.0.131"), a("10.1.0.200")]) == [
+        {"start": "10.1.0.128", "end": "10.1.0.129"},
+        {"start": "10.1.0.132", "end": "10.1.0.199"},
+        {"start": "10.1.0.201", "end": "10.1.0.254"}]
+    v6 = ipaddress.ip_network("fd00:1::/64")
+    assert mapping.allocation_pools(v6, ip_range=ipaddress.ip_network("fd00:1::/120"),
+                                    excluded=[a("fd00:1::1")]) == [
+        {"start": "fd00:1::2", "end": "fd00:1::ff"}]
+    assert mapping.allocation_pools(ipaddress.ip_network("10.1.0.0/30"), ip_range=None,
+                                    excluded=[a("10.1.0.1"), a("10.1.0.2")]) == []
+
+
+def test_ip_range_tags_round_trip_without_a_slash() -> None:
+    cidr, ip_range = ipaddress.ip_network("10.1.0.0/24"), ipaddress.ip_network("10.1.0.128/25")
+    tag = mapping.ip_range_tag("c1", cidr, ip_range)
+    assert "/" not in tag
+    tags = (tag, mapping.pool_tag("c1", cidr), "kuryr")
+    assert mapping.ip_range_of(tags, "c1", cidr) == ip_range
+    assert mapping.ip_range_of(tags, "c2", cidr) is None
+    assert mapping.ip_range_tags(tags, "c1", cidr) == [tag]
+
+
+def test_create_network_reads_aux_addresses() -> None:
+    request = wire.network_request({
+        "NetworkID": "a" * 64, "Options": {},
+        "IPv4Data": [{"AddressSpace": "kuryr-local", "Pool": "10.1.0.0/24",
+                      "Gateway": "10.1.0.1/24",
+                      "AuxAddresses": {"h1": "10.1.0.9/24", "h0": "10.1.0.8/24"}}]})
+    assert [str(a) for a in request.ipam[0].aux_addresses] == ["10.1.0.8", "10.1.0.9"]

@@ -64,11 +64,14 @@ def conflist(*, name: str, network: str | None, cni_version: str = "1.0.0",
              project: str | None = None, mtu: int | None = None,
              daemon_socket: str | None = None, timeout: float | None = None,
              portmap: bool = False) -> dict[str, Any]:
-    """A conflist with kuryr's plugin (``network`` None: for the daemon's Kubernetes mode);
+    """A conflist with kuryr's plugin (``network`` None: for the daemon's Kubernetes mode;
+    otherwise the plugin declares the ``ips`` and ``mac`` capabilities);
     ``timeout`` is how long the executable waits for the daemon (None: its default)."""
     plugin: dict[str, Any] = {"type": EXECUTABLE}
     if network:
         plugin["network"] = network
+        # Standalone mode honours static addresses: runtimes pass them in runtimeConfig.
+        plugin["capabilities"] = {"ips": True, "mac": True}
     if subnet:
         plugin["subnet"] = subnet
     if security_groups:

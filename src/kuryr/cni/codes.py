@@ -28,6 +28,7 @@ QUOTA_EXCEEDED = 103
 NETNS_NOT_FOUND = 104
 BINDING_FAILED = 105
 CHECK_MISMATCH = 106
+ADDRESS_IN_USE = 107  # a static IP or MAC asked for that another port holds
 
 
 class CniError(errors.KuryrError):

@@ -10,11 +10,18 @@ in standalone mode, unused in Kubernetes mode, where each pod's KuryrPort names 
 ``subnet`` (name or ID), ``securityGroups`` (names or IDs), ``project`` (ID), ``mtu``,
 ``daemonSocket`` (the daemon's unix socket) and ``timeout`` (seconds to wait for the
 daemon's answer), both read by the shim.
+
+Static addresses, as the CNI conventions pass them: ``runtimeConfig`` ``ips`` (a list of
+addresses, each with or without a prefix length) and ``mac`` (the ``ips`` and ``mac``
+capabilities), or ``CNI_ARGS`` ``IP=`` (comma-separated) and ``MAC=``. Where both are given,
+``runtimeConfig`` wins, item by item. A malformed one is error 7 (``runtimeConfig``) or 4
+(``CNI_ARGS``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -31,6 +38,8 @@ _SINCE = {"ADD": "0.1.0", "DEL": "0.1.0", "VERSION": "0.1.0", "CHECK": "0.4.0",
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _IFNAMSIZ = 15
+_MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +64,8 @@ class NetConf:
     daemon_socket: str | None = None
     prev_result: Mapping[str, Any] | None = None
     valid_attachments: tuple[AttachmentKey, ...] | None = None
+    runtime_ips: tuple[IpAddress, ...] = ()  # runtimeConfig "ips"
+    runtime_mac: str | None = None  # runtimeConfig "mac", lower case
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +78,17 @@ class Request:
     netns: str = ""
     ifname: str = ""
     cni_args: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    ips: tuple[IpAddress, ...] = ()  # static addresses asked for (runtimeConfig or CNI_ARGS)
+    mac: str | None = None  # the static MAC asked for, lower case
 
     @property
     def key(self) -> AttachmentKey:
         return AttachmentKey(self.container_id, self.ifname)
+
+    @property
+    def is_static(self) -> bool:
+        """Whether the request names an address or a MAC (never served from a pool)."""
+        return bool(self.ips) or self.mac is not None
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -116,6 +134,8 @@ def parse_config(stdin: str | bytes | Mapping[str, Any], *,
         daemon_socket=_optional_str(raw, "daemonSocket"),
         prev_result=_optional_object(raw, "prevResult"),
         valid_attachments=_valid_attachments(raw),
+        runtime_ips=_runtime_ips(raw),
+        runtime_mac=_runtime_mac(raw),
     )
 
 
@@ -148,8 +168,17 @@ def parse_request(environ: Mapping[str, str], stdin: str | bytes | Mapping[str, 
     netns = environ.get("CNI_NETNS", "")
     if command in ("ADD", "CHECK") and not netns:
         raise codes.CniError(codes.INVALID_ENVIRONMENT, f"CNI_NETNS is required for {command}")
+    cni_args = parse_cni_args(environ.get("CNI_ARGS", ""))
+    try:
+        ips = config.runtime_ips or _args_ips(cni_args)
+        mac = config.runtime_mac or _args_mac(cni_args)
+    except codes.CniError:
+        if command != "DEL":
+            raise
+        # DEL comes with the ADD's arguments: one refused for a bad address must still clean up.
+        ips, mac = config.runtime_ips, config.runtime_mac
     return Request(command=command, config=config, container_id=container_id, netns=netns,
-                   ifname=ifname, cni_args=parse_cni_args(environ.get("CNI_ARGS", "")))
+                   ifname=ifname, cni_args=cni_args, ips=ips, mac=mac)
 
 
 def parse_cni_args(text: str) -> dict[str, str]:
@@ -164,6 +193,81 @@ def parse_cni_args(text: str) -> dict[str, str]:
                                  f"CNI_ARGS item {item!r} is not KEY=VALUE")
         found[key] = value
     return found
+
+
+def parse_ip(text: str) -> IpAddress:
+    """An address, with or without a prefix length (``10.0.0.5`` or ``10.0.0.5/24``).
+    Raises ValueError."""
+    return ipaddress.ip_interface(text.strip()).ip
+
+
+def _unique_ips(ips: list[IpAddress], where: str, code: int) -> tuple[IpAddress, ...]:
+    if len(set(ips)) != len(ips):
+        raise codes.CniError(code, f"{where} names an address twice: "
+                             f"{', '.join(str(i) for i in ips)}")
+    return tuple(ips)
+
+
+def _runtime_config(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    value = raw.get("runtimeConfig")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise codes.CniError(codes.INVALID_CONFIG, '"runtimeConfig" must be an object')
+    return value
+
+
+def _runtime_ips(raw: Mapping[str, Any]) -> tuple[IpAddress, ...]:
+    value = _runtime_config(raw).get("ips")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f'runtimeConfig "ips" must be a list of addresses, not {value!r}')
+    try:
+        found = [parse_ip(v) for v in value]
+    except ValueError as e:
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f'runtimeConfig "ips" has an invalid address: {e}') from e
+    return _unique_ips(found, 'runtimeConfig "ips"', codes.INVALID_CONFIG)
+
+
+def _runtime_mac(raw: Mapping[str, Any]) -> str | None:
+    value = _runtime_config(raw).get("mac")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _is_unicast_mac(value):
+        raise codes.CniError(codes.INVALID_CONFIG,
+                             f'runtimeConfig "mac" {value!r} is not a unicast MAC address',
+                             "six hex pairs separated by ':', the first pair even")
+    return value.lower()
+
+
+def _args_ips(args: Mapping[str, str]) -> tuple[IpAddress, ...]:
+    text = args.get("IP", "")
+    if not text.strip():
+        return ()
+    try:
+        found = [parse_ip(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise codes.CniError(codes.INVALID_ENVIRONMENT,
+                             f"CNI_ARGS IP={text} has an invalid address: {e}") from e
+    return _unique_ips(found, f"CNI_ARGS IP={text}", codes.INVALID_ENVIRONMENT)
+
+
+def _args_mac(args: Mapping[str, str]) -> str | None:
+    text = args.get("MAC", "").strip()
+    if not text:
+        return None
+    if not _is_unicast_mac(text):
+        raise codes.CniError(codes.INVALID_ENVIRONMENT,
+                             f"CNI_ARGS MAC={text} is not a unicast MAC address",
+                             "six hex pairs separated by ':', the first pair even")
+    return text.lower()
+
+
+def _is_unicast_mac(text: str) -> bool:
+    return bool(_MAC.match(text)) and int(text[:2], 16) & 1 == 0
 
 
 def _decode(stdin: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:

@@ -3,8 +3,10 @@ each container interface.
 
 ADD creates (or takes from the warm pool) a port on the configuration's network, bound to this
 host and tagged with the container ID, ifname and CNI network name, plugs it and waits for
-ACTIVE; DEL unplugs it (OVS port and veth) and answers, then deletes (or recycles) it in the
-background (``releasing``), idempotently and also without a netns; CHECK compares
+ACTIVE (a request naming static addresses or a MAC, ``protocol.Request.ips`` and ``mac``,
+gets a port made for it with exactly those, never a pooled one; such a port is deleted, not
+recycled, at DEL); DEL unplugs it (OVS port and veth) and answers, then deletes (or recycles)
+it in the background (``releasing``), idempotently and also without a netns; CHECK compares
 ``prevResult`` with the namespace and Neutron; GC removes this host's ports of a CNI network
 whose attachment the runtime no longer knows; STATUS probes Neutron and OVS. A container port of
 this host without an OVS interface is one whose release was under way: ``recover`` (at start-up
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Mapping
@@ -29,7 +32,7 @@ from kuryr.binding import ovs as ovs_binding
 from kuryr.cni import codes, protocol, results
 from kuryr.daemon import locking, releasing, sandboxes
 from kuryr.linux import namespaces
-from kuryr.neutron import client, resources, tagging
+from kuryr.neutron import client, failures, resources, tagging
 from kuryr.pools import warm
 from kuryr.ports import lifecycle
 
@@ -38,6 +41,7 @@ LOG = logging.getLogger(__name__)
 TAG_CONTAINER = "cni-container"
 TAG_IFNAME = "cni-ifname"
 TAG_NETWORK = "cni-network"
+TAG_STATIC = "cni-static"  # the port has the addresses or MAC the runtime asked for
 _TARGET_TTL = 60.0
 _T = TypeVar("_T")
 
@@ -59,9 +63,12 @@ class Target:
 
 
 def owner_tags(request: protocol.Request) -> list[str]:
-    return [tagging.owner(TAG_CONTAINER, request.container_id),
+    tags = [tagging.owner(TAG_CONTAINER, request.container_id),
             tagging.owner(TAG_IFNAME, request.ifname),
             tagging.owner(TAG_NETWORK, request.config.name)]
+    if request.is_static:
+        tags.append(tagging.owner(TAG_STATIC, "true"))
+    return tags
 
 
 class Standalone:
@@ -84,6 +91,7 @@ class Standalone:
         # of an existing port unless the runtime repeats an ADD this daemon already served, and
         # DEL of one skips the lookup by tags.
         self._attached: dict[protocol.AttachmentKey, str] = {}
+        self._static_port_ids: set[str] = set()  # ports with addresses the runtime asked for
         self.releases = releasing.Releases()
 
     async def close(self, *, timeout: float = 10.0) -> None:
@@ -96,7 +104,8 @@ class Standalone:
         namespaces.resolve(request.netns)  # fail before creating anything in Neutron
         target = await self.target(conf)
         tags = owner_tags(request)
-        poolable = self.pool is not None and conf.subnet is None and conf.mtu is None
+        poolable = (self.pool is not None and conf.subnet is None and conf.mtu is None
+                    and not request.is_static)
         if poolable and self.pool is not None:
             self.pool.wake(target.pool_key)  # fill (or refill) this network's pool
         pooled = (poolable and self.pool is not None and request.key not in self._attached
@@ -108,35 +117,97 @@ class Standalone:
             for extra in existing[1:]:
                 await self._release(extra.id)
         elif pooled and self.pool is not None and (
-                ready := self.pool.take(target.pool_key, tags)) is not None:
-            attachment = await self._hand_over(ready, request)
+                ready := self.pool.take(target.pool_key)) is not None:
+            attachment = await self._hand_over(ready, request, tags)
         else:
-            attachment = await lifecycle.attach(
-                self.neutron, self.binders, network_id=target.network.id, netns=request.netns,
-                ifname=request.ifname, host=self.host, tags=tags,
-                security_group_ids=target.security_group_ids,
-                fixed_ips=[{"subnet_id": target.subnet_id}] if target.subnet_id else None,
-                project_id=target.project_id, name=_port_name(request),
-                active_timeout=self.config.port_active_timeout, mtu=conf.mtu)
+            attachment = await self._attach_new(request, target, tags)
         self._attached[request.key] = attachment.port.id
+        if request.is_static:
+            self._static_port_ids.add(attachment.port.id)
         ours = sandboxes.result_for(attachment.vif, ifname=attachment.ifname,
                                     sandbox=request.netns)
         previous = results.from_wire(conf.prev_result) if conf.prev_result else None
         return results.merge(previous, ours)
 
-    async def _hand_over(self, ready: warm.ReadyPort,
-                         request: protocol.Request) -> lifecycle.Attachment:
+    async def _attach_new(self, request: protocol.Request, target: Target,
+                          tags: list[str]) -> lifecycle.Attachment:
+        """A new port for ``request``, with the static addresses and MAC it names. Raises
+        CniError 4 or 7 (an address not on the network), 107 (an address or MAC in use), and
+        what ``lifecycle.attach`` raises; nothing is left in Neutron on failure."""
+        conf = request.config
+        fixed_ips = await self._fixed_ips(request, target)
         try:
-            await asyncio.to_thread(self.pool_hand_over, ready, request)
+            return await lifecycle.attach(
+                self.neutron, self.binders, network_id=target.network.id, netns=request.netns,
+                ifname=request.ifname, host=self.host, tags=tags,
+                security_group_ids=target.security_group_ids, fixed_ips=fixed_ips,
+                mac=request.mac, project_id=target.project_id, name=_port_name(request),
+                active_timeout=self.config.port_active_timeout, mtu=conf.mtu)
+        except failures.AddressInUseError as e:
+            asked = ", ".join(str(ip) for ip in request.ips)
+            raise codes.CniError(
+                codes.ADDRESS_IN_USE,
+                f"address {asked} asked for is in use on network {conf.network}",
+                f"{e}; ask for a free address, or release the port holding it "
+                "(openstack port list --fixed-ip ip-address=ADDRESS)") from e
+        except failures.MacAddressInUseError as e:
+            raise codes.CniError(
+                codes.ADDRESS_IN_USE,
+                f"MAC address {request.mac} asked for is in use on network {conf.network}",
+                f"{e}; ask for another MAC, or release the port holding it "
+                "(openstack port list --mac-address MAC)") from e
+        except failures.InvalidAddressError as e:
+            raise codes.CniError(self._address_code(request),
+                                 f"Neutron refused the address or MAC asked for: {e}") from e
+
+    async def _fixed_ips(self, request: protocol.Request,
+                         target: Target) -> list[dict[str, str]] | None:
+        """The port's ``fixed_ips``: each static address on the subnet that holds it, and for
+        each IP family of the network's subnets that no static address names, one address
+        chosen by Neutron (as Docker's ``--ip`` leaves IPv6 to IPAM). Raises CniError 4 or 7
+        (an address on no subnet of the network, or of the configuration's ``subnet``)."""
+        if not request.ips:
+            return [{"subnet_id": target.subnet_id}] if target.subnet_id else None
+        subnets = await self.neutron.list_subnets(network_id=target.network.id)
+        if target.subnet_id is not None:
+            subnets = [s for s in subnets if s.id == target.subnet_id]
+        fixed: list[dict[str, str]] = []
+        for ip in request.ips:
+            holder = next((s for s in subnets
+                           if ip in ipaddress.ip_network(s.cidr, strict=False)), None)
+            if holder is None:
+                where = f"subnet {request.config.subnet}" if target.subnet_id \
+                    else f"network {request.config.network}"
+                raise codes.CniError(
+                    self._address_code(request), f"address {ip} is not on {where}",
+                    "its subnets: " + (", ".join(s.cidr for s in subnets) or "none"))
+            fixed.append({"subnet_id": holder.id, "ip_address": str(ip)})
+        named = {ip.version for ip in request.ips}
+        for version in sorted({s.ip_version for s in subnets} - named):
+            first = next(s for s in subnets if s.ip_version == version)
+            fixed.append({"subnet_id": first.id})
+        return fixed
+
+    @staticmethod
+    def _address_code(request: protocol.Request) -> int:
+        # runtimeConfig is part of the configuration (7); CNI_ARGS of the environment (4).
+        return codes.INVALID_CONFIG if request.config.runtime_ips else \
+            codes.INVALID_ENVIRONMENT
+
+    async def _hand_over(self, ready: warm.ReadyPort, request: protocol.Request,
+                         tags: list[str]) -> lifecycle.Attachment:
+        """The container's record on the port's OVS Interface, then the move, in one thread
+        (off the event loop); the Neutron retag in the background."""
+        assert self.pool is not None
+        try:
+            await asyncio.to_thread(self.pool.hand_over, ready, netns=request.netns,
+                                    ifname=request.ifname, owner_tags=tags)
         except BaseException:
             await asyncio.shield(self._release(ready.port.id))
             raise
+        self.pool.handed_over(ready, tags)
         return lifecycle.Attachment(port=ready.port, vif=ready.vif, netns=request.netns,
                                     ifname=request.ifname)
-
-    def pool_hand_over(self, ready: warm.ReadyPort, request: protocol.Request) -> None:
-        assert self.pool is not None
-        self.pool.hand_over(ready, netns=request.netns, ifname=request.ifname)
 
     async def _plug_or_release(self, port: resources.Port,
                                request: protocol.Request) -> lifecycle.Attachment:
@@ -186,19 +257,27 @@ class Standalone:
         else:
             if self.pool is not None:
                 await self.pool.settle()  # owner tags of ports just taken from the pool
-            port_ids = [p.id for p in await self._ports_of(request)]
+            ports = await self._ports_of(request)
+            port_ids = [p.id for p in ports]
+            self._static_port_ids.update(
+                p.id for p in ports if tagging.value_of(p.tags, TAG_STATIC) is not None)
         for port_id in port_ids:
+            # A port with the runtime's addresses is deleted: recycled, it would keep them.
+            is_static = request.is_static or port_id in self._static_port_ids
+            self._static_port_ids.discard(port_id)
             # Unplugged = being released: from here on a crash is recovered at start-up.
             await lifecycle.detach(self.neutron, self.binders, port_id=port_id,
                                    netns=request.netns or None, ifname=request.ifname,
                                    delete_port=False)
             self.releases.start(port_id, functools.partial(
-                self._release_in_background, port_id, request.config))
+                self._release_in_background, port_id, request.config, is_static=is_static))
 
-    async def _release_in_background(self, port_id: str, conf: protocol.NetConf) -> None:
+    async def _release_in_background(self, port_id: str, conf: protocol.NetConf, *,
+                                     is_static: bool = False) -> None:
         if self.pool is not None:
             await self.pool.settle()  # a pending retag must not land after the recycle's
-        await self._release(port_id, recycle_into=await self._recycle_key(conf))
+        recycle_into = None if is_static else await self._recycle_key(conf)
+        await self._release(port_id, recycle_into=recycle_into)
 
     async def _recycle_key(self, conf: protocol.NetConf) -> warm.PoolKey | None:
         """The pool a released port of ``conf`` may go back to (None: delete it)."""

@@ -4,7 +4,10 @@ A Docker network is the Neutron network (and subnets) tagged ``kuryr-docker-netw
 one that kuryr adopted rather than created also carries ``kuryr-docker-adopted=<id>``, so
 removing the Docker network only takes kuryr's tags off. An IPAM pool is a Neutron subnet pool
 tagged ``kuryr-docker-pool=<cluster>:<address>_<prefix length>`` for every Docker pool it
-serves; the subnet made for it carries the same tag. An address is a port tagged with its
+serves; the subnet made for it carries the same tag and ``kuryr-docker-subnet-pool=<subnet pool
+ID>``. A Docker pool is identified by both (its pool ID is ``<subnet pool ID>@<CIDR>``), not by
+its CIDR alone: two Docker networks given the same ``--subnet`` each get a subnet pool of their
+own (separate Neutron networks may overlap). An address is a port tagged with its
 Docker network; an endpoint is that port, also tagged ``kuryr-docker-endpoint=<id>``.
 
 Owns the tag vocabulary, the pool ID format and the lookups; decides nothing.
@@ -24,6 +27,8 @@ INTERNAL = "docker-internal"
 POOL = "docker-pool"
 OWN_POOL = "docker-own-pool"
 DEFAULT_POOL = "docker-default-pool"
+SUBNET_POOL = "docker-subnet-pool"  # on a subnet: the subnet pool of its Docker pool
+IP_RANGE = "docker-ip-range"  # on a subnet pool: a Docker pool's --ip-range
 ENDPOINT = "docker-endpoint"
 
 # A port that holds an address for Docker but is not (yet) an endpoint.
@@ -61,6 +66,61 @@ def own_pool_tag(cluster_id: str, cidr: IPNetwork) -> str:
 def _cidr_value(cluster_id: str, cidr: IPNetwork) -> str:
     # Neutron removes one tag through a URL path (DELETE .../tags/<tag>): no '/' may be in it.
     return f"{cluster_id}:{cidr.network_address}_{cidr.prefixlen}"
+
+
+def ip_range_tag(cluster_id: str, cidr: IPNetwork, ip_range: IPNetwork) -> str:
+    """On a subnet pool: the ``--ip-range`` of its Docker pool ``cidr`` (read at
+    ``CreateNetwork``, which is not told it)."""
+    return tagging.owner(IP_RANGE, f"{_cidr_value(cluster_id, cidr)}:"
+                                   f"{ip_range.network_address}_{ip_range.prefixlen}")
+
+
+def ip_range_tags(tags: tuple[str, ...], cluster_id: str, cidr: IPNetwork) -> list[str]:
+    prefix = f"kuryr-{IP_RANGE}={_cidr_value(cluster_id, cidr)}:"
+    return [t for t in tags if t.startswith(prefix)]
+
+
+def ip_range_of(tags: tuple[str, ...], cluster_id: str, cidr: IPNetwork) -> IPNetwork | None:
+    for tag in ip_range_tags(tags, cluster_id, cidr):
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_network(tag.rpartition(":")[2].replace("_", "/"))
+    return None
+
+
+def allocation_pools(cidr: IPNetwork, *, ip_range: IPNetwork | None,
+                     excluded: list[ipaddress.IPv4Address | ipaddress.IPv6Address]
+                     ) -> list[dict[str, str]]:
+    """Neutron allocation pools for a Docker pool: its ``--ip-range`` (else the whole CIDR)
+    less the network (and IPv4 broadcast) address and ``excluded`` (the gateway, the
+    ``--aux-address`` ones), as start/end ranges."""
+    space = ip_range or cidr
+    first = max(int(space.network_address), int(cidr.network_address) + 1)
+    last = min(int(space.broadcast_address),
+               int(cidr.broadcast_address) - (1 if cidr.version == 4 else 0))
+    pools: list[dict[str, str]] = []
+    for skip in sorted({int(a) for a in excluded if first <= int(a) <= last}):
+        if skip > first:
+            pools.append(_range(cidr, first, skip - 1))
+        first = skip + 1
+    if first <= last:
+        pools.append(_range(cidr, first, last))
+    return pools
+
+
+def _range(cidr: IPNetwork, start: int, end: int) -> dict[str, str]:
+    make = ipaddress.IPv4Address if cidr.version == 4 else ipaddress.IPv6Address
+    return {"start": str(make(start)), "end": str(make(end))}
+
+
+def subnet_pool_tag(subnet_pool_id: str) -> str:
+    """On a subnet: the Neutron subnet pool of the Docker pool it serves."""
+    return tagging.owner(SUBNET_POOL, subnet_pool_id)
+
+
+def source_pool_id(subnet: resources.Subnet) -> str | None:
+    """The subnet pool of the Docker pool a subnet serves (its tag; else, for subnets made
+    before that tag, the subnet pool it was allocated from)."""
+    return tagging.value_of(subnet.tags, SUBNET_POOL) or subnet.subnet_pool_id
 
 
 def reserved_cidrs(tags: tuple[str, ...]) -> list[IPNetwork]:
@@ -130,9 +190,12 @@ async def require_network(neutron: client.Neutron, network_id: str) -> resources
     return found
 
 
-async def subnets_of_pool(neutron: client.Neutron, cluster_id: str,
+async def subnets_of_pool(neutron: client.Neutron, cluster_id: str, subnet_pool_id: str,
                           cidr: IPNetwork) -> list[resources.Subnet]:
-    return await neutron.list_subnets(tags=[pool_tag(cluster_id, cidr)])
+    """The subnets of the Docker pool ``<subnet_pool_id>@<cidr>`` (other Docker networks may
+    have subnets of the same CIDR)."""
+    found = await neutron.list_subnets(tags=[pool_tag(cluster_id, cidr)])
+    return [s for s in found if source_pool_id(s) == subnet_pool_id]
 
 
 async def endpoint_ports(neutron: client.Neutron, endpoint_id: str) -> list[resources.Port]:

@@ -4,13 +4,17 @@ answers 404 for paths it does not serve, and listens where Docker discovers plug
 socket ``/run/docker/plugins/<name>.sock`` (mode 0600), or 127.0.0.1:PORT announced by
 ``/etc/docker/plugins/<name>.spec``.
 
-Owns the wiring of Neutron, binders and drivers at start-up, and their shutdown.
+Owns the wiring of Neutron, binders, the warm pool and drivers at start-up (the pool is
+rebuilt and unfinished releases resumed before the plugin listens), and their shutdown. Every
+Neutron call is logged at debug level with the Docker call it served (``background`` for the
+pool's own work), which is how the calls of a container's hot path are counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -22,13 +26,22 @@ from typing import Any
 from aiohttp import web
 
 from kuryr import binding, errors, settings, stopping
-from kuryr.libnetwork import ipam_driver, network_driver, wire
+from kuryr.libnetwork import claims, ipam_driver, network_driver, wire
 from kuryr.neutron import client
+from kuryr.pools import warm
 
 LOG = logging.getLogger(__name__)
 
 SPEC_DIR = pathlib.Path("/etc/docker/plugins")
 Handler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
+# The Docker call being served, for the log of the Neutron calls it makes.
+SERVING: contextvars.ContextVar[str] = contextvars.ContextVar("serving", default="background")
+
+
+def observe_neutron(operation: str, result: str, seconds: float) -> None:
+    """The Neutron facade's observer: one debug line per call, naming the Docker call."""
+    LOG.debug("Neutron call %s: %s in %.1f ms, for %s", operation, result, seconds * 1000,
+              SERVING.get())
 
 
 async def _activate(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,6 +88,7 @@ def make_app(handlers: Mapping[str, Handler]) -> web.Application:
             return _reply({"Err": f"kuryr does not serve {request.method} {path}"}, status=404)
         what = path.lstrip("/")
         started = time.monotonic()
+        SERVING.set(what)  # this request's own context (aiohttp runs each in a task)
         try:
             body = wire.parse_body(await request.read(), what=what)
             result = await handler(body)
@@ -111,20 +125,35 @@ class Plugin:
 @contextlib.asynccontextmanager
 async def serving(config: settings.KuryrSettings, *,
                   host: str | None = None) -> AsyncIterator[Plugin]:
-    """Wire Neutron, binders and drivers, and serve until the block ends. ``host`` as
-    ``127.0.0.1:PORT`` serves TCP with a ``.spec`` file instead of the unix socket.
+    """Wire Neutron, binders, the pool and drivers, and serve until the block ends. ``host``
+    as ``127.0.0.1:PORT`` serves TCP with a ``.spec`` file instead of the unix socket.
 
     Raises ConfigError (Neutron not configured, bad ``host``), KuryrError (socket in use)."""
-    neutron = client.Neutron.from_settings(config)
-    binders = binding.binders(config.binding)
-    ipam = ipam_driver.IpamDriver(neutron, binders, config=config)
-    network = network_driver.NetworkDriver(neutron, binders, config=config)
-    runner = web.AppRunner(make_app(routes(network, ipam)), access_log=None)
-    await runner.setup()
     socket_path = pathlib.Path(config.libnetwork.socket_path)
     name = socket_path.stem
+    if host is None and _prepare_dir(socket_path) and await _answers(socket_path):
+        # Before anything else: the pool of a driver of the same name is that one's.
+        raise errors.PermanentError(
+            f"{socket_path} is in use by another running driver; stop it or set "
+            "[libnetwork] socket_path")
+    neutron = client.Neutron.from_settings(config, observer=observe_neutron)
+    binders = binding.binders(config.binding)
+    cfg = config.libnetwork
+    pool = warm.PortPool(neutron, binders, host=config.binding.host, size=cfg.pool_size,
+                         batch=cfg.pool_batch, active_timeout=config.neutron.port_active_timeout,
+                         name=f"docker-{name}") if cfg.pool_enabled else None
+    networks = claims.Networks(neutron, config.cluster_id)
+    claimed = claims.Claims()
+    ipam = ipam_driver.IpamDriver(neutron, binders, config=config, networks=networks,
+                                  claimed=claimed, pool=pool)
+    network = network_driver.NetworkDriver(neutron, binders, config=config, networks=networks,
+                                           claimed=claimed, pool=pool)
+    runner = web.AppRunner(make_app(routes(network, ipam)), access_log=None)
     announced: pathlib.Path | None = None
     try:
+        if pool is not None:
+            await _start_pool(pool, network)
+        await runner.setup()
         if host is None:
             await _serve_unix(runner, socket_path)
             announced = socket_path
@@ -137,15 +166,34 @@ async def serving(config: settings.KuryrSettings, *,
             await site.start()
             address = f"tcp://{host}"
             announced = _write_spec(name, address)
-        LOG.info("kuryr libnetwork driver %r listening on %s", name, address)
+        LOG.info("kuryr libnetwork driver %r listening on %s (pool %s)", name, address,
+                 f"of {cfg.pool_size} per network" if pool is not None else "off")
         yield Plugin(runner=runner, address=address, announced=announced)
     finally:
         await runner.cleanup()
         if announced is not None:
             announced.unlink(missing_ok=True)
+        if pool is not None:
+            await pool.close()
         for b in binders.values():
             b.close()
         neutron.close()
+
+
+async def _start_pool(pool: warm.PortPool, network: network_driver.NetworkDriver) -> None:
+    """Find the pool again, resume the releases a killed driver left unfinished, and refill
+    the pools found. Raises TemporaryError, BindingError (the pool namespace)."""
+    await pool.start()
+    try:
+        released = await network.recover()
+        if released:
+            LOG.info("releasing %d endpoint port(s) left unplugged by a previous run",
+                     len(released))
+    except errors.KuryrError as e:
+        LOG.warning("cannot look for endpoint ports left unplugged by a previous run: %s; the "
+                    "next start tries again", e)
+    for key in list(pool.ready):
+        pool.wake(key)
 
 
 async def _serve_unix(runner: web.AppRunner, path: pathlib.Path) -> None:

@@ -89,10 +89,13 @@ class AddressRelease:
 
 @dataclasses.dataclass(frozen=True)
 class IpamData:
-    """One address pool of a network: its CIDR and gateway (with prefix length)."""
+    """One address pool of a network: its CIDR, gateway (with prefix length), the address
+    space of the IPAM driver that gave it and its auxiliary addresses (``--aux-address``)."""
 
     pool: ipaddress.IPv4Network | ipaddress.IPv6Network
     gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None
+    address_space: str = ""
+    aux_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,9 +308,13 @@ def network_request(body: Mapping[str, Any], *, what: str = "CreateNetwork") -> 
             if not isinstance(item, dict):
                 raise WireError(f"{what}: {key} must hold JSON objects")
             gateway = _str(item, "Gateway", what)
+            aux = _str_map(item, "AuxAddresses", what)
             ipam.append(IpamData(
                 pool=_network(_str(item, "Pool", what, required=True), f"{key}.Pool", what),
-                gateway=_interface(gateway, f"{key}.Gateway", what) if gateway else None))
+                gateway=_interface(gateway, f"{key}.Gateway", what) if gateway else None,
+                address_space=_str(item, "AddressSpace", what),
+                aux_addresses=tuple(_interface(v, f"{key}.AuxAddresses.{k}", what).ip
+                                    for k, v in sorted(aux.items()))))
     return NetworkRequest(network_id=_id(body, "NetworkID", what), generic=generic,
                           is_internal=internal is True or internal == "true", ipam=tuple(ipam))
 

@@ -6,7 +6,9 @@ and address exhaustion). The faults a caller branches on have a type of their ow
 (each an ``errors.ConflictError``) and chosen by Neutron's error type, never by its text:
 ``InUseError`` (a delete refused while something uses the resource), ``RuleExistsError`` (the
 same security group rule exists), ``AddressesAlreadyInGroupError`` and
-``AddressesNotInGroupError`` (the strict add and remove of an address group), and
+``AddressesNotInGroupError`` (the strict add and remove of an address group),
+``AddressInUseError`` and ``MacAddressInUseError`` (a port asking for a fixed IP or MAC another
+port holds), ``InvalidAddressError`` (a fixed IP not on the subnet or network named), and
 ``AmbiguousNameError`` (a find by name that matched several resources). Neutron's own
 message is kept; URLs and credentials are not. A call that cannot create anything twice (find,
 get, list, delete, and the absolute PUTs of a router's gateway, a floating IP's port and a
@@ -44,6 +46,21 @@ class AddressesNotInGroupError(errors.ConflictError):
     (a missing group is ``NotFoundError``)."""
 
 
+class AddressInUseError(errors.ConflictError):
+    """A port create or update named a fixed IP that another port holds (409
+    ``IpAddressAlreadyAllocated``); nothing was made."""
+
+
+class MacAddressInUseError(errors.ConflictError):
+    """A port create or update named a MAC that another port of the network holds (409
+    ``MacAddressInUse``); nothing was made."""
+
+
+class InvalidAddressError(errors.PermanentError):
+    """A fixed IP that is not on the subnet or network named (400 ``InvalidIpForSubnet``,
+    ``InvalidIpForNetwork``) or an invalid MAC (``InvalidInput`` aside); nothing was made."""
+
+
 class AmbiguousNameError(errors.PermanentError):
     """A find by name matched several resources (the SDK's ``DuplicateResource``): only an
     ID tells which one is meant."""
@@ -54,6 +71,10 @@ _TYPED = {
     "AddressesAlreadyExist": AddressesAlreadyInGroupError,
     "AddressesNotFound": AddressesNotInGroupError,
     "SecurityGroupRuleExists": RuleExistsError,
+    "IpAddressAlreadyAllocated": AddressInUseError,
+    "MacAddressInUse": MacAddressInUseError,
+    "InvalidIpForSubnet": InvalidAddressError,
+    "InvalidIpForNetwork": InvalidAddressError,
     "AddressGroupInUse": InUseError,
     "SecurityGroupInUse": InUseError,
     "SubnetInUse": InUseError,
@@ -67,8 +88,6 @@ _TYPED = {
 _PERMANENT_CONFLICTS = {
     "OverQuota": errors.QuotaExceededError,
     "IpAddressGenerationFailure": errors.QuotaExceededError,
-    "IpAddressAlreadyAllocated": errors.PermanentError,
-    "MacAddressInUse": errors.PermanentError,
     "PortInUse": errors.PermanentError,
     "PrefixPoolExhausted": errors.QuotaExceededError,
     "SubnetAllocationError": errors.QuotaExceededError,

@@ -217,10 +217,20 @@ class PortPool:
             return
         self.ready[taken.key].insert(0, taken)
 
-    def hand_over(self, taken: ReadyPort, *, netns: str, ifname: str) -> None:
-        """Move a taken port's interface into ``netns`` as ``ifname`` and configure it there
-        (blocking; run in a thread). Raises NamespaceNotFoundError, BindingError."""
+    def hand_over(self, taken: ReadyPort, *, netns: str, ifname: str,
+                  owner_tags: Sequence[str] | None = None) -> None:
+        """Move a taken port's interface into ``netns`` as ``ifname`` and configure it there,
+        first recording ``owner_tags`` as its owner on its OVS Interface (blocking: run it in
+        a thread, off the event loop; then ``handed_over``). Raises NamespaceNotFoundError,
+        BindingError (nothing moved if the record could not be written)."""
+        if owner_tags is not None:
+            self._record(taken.port.id, owner_tags)
         holding.hand_over(taken.vif, pool_netns=self._netns, netns=netns, ifname=ifname)
+
+    def handed_over(self, taken: ReadyPort, owner_tags: Sequence[str]) -> None:
+        """After ``hand_over`` with ``owner_tags``: the port's Neutron tags (and name) become
+        the owner's, in the background."""
+        self._retag_later(taken.port.id, list(owner_tags), {"name": ""})
 
     def hand_over_host_side(self, port_id: str, *, peer_ifname: str) -> None:
         """Move a taken port's interface out of the pool namespace into this process's own as

@@ -40,10 +40,11 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
                  network_id: str, netns: str, ifname: str, host: str,
                  tags: Iterable[str] = (), security_group_ids: Sequence[str] | None = None,
                  fixed_ips: Sequence[Mapping[str, str]] | None = None,
+                 mac: str | None = None,
                  project_id: str | None = None, name: str = "",
                  active_timeout: float = 30.0, mtu: int | None = None) -> Attachment:
     """Create and plug a port for a container and wait until it is ready (``mtu`` lowers the
-    network's).
+    network's; ``mac``: the port's MAC, else Neutron picks one).
 
     Raises NotFoundError, QuotaExceededError, PermanentError, TemporaryError (Neutron or the
     readiness bound), NamespaceNotFoundError, BindingError. Nothing is left behind on failure.
@@ -56,7 +57,8 @@ async def attach(neutron: client.Neutron, binders: Mapping[str, binding.Binder],
         # once it exists (in the background), not left behind.
         creating = asyncio.ensure_future(neutron.create_port(
             network_id, tags=tags, name=name, host_id=host, device_owner=DEVICE_OWNER,
-            security_group_ids=security_group_ids, fixed_ips=fixed_ips, project_id=project_id))
+            security_group_ids=security_group_ids, fixed_ips=fixed_ips, mac=mac,
+            project_id=project_id))
         try:
             port = await asyncio.shield(creating)
         except asyncio.CancelledError:
