@@ -102,8 +102,9 @@ def test_install_cni_from_the_image_answers_on_the_host(image: str,
     rc, out = cni.invoke(executable, "VERSION", {"cniVersion": "1.0.0"})
     assert rc == 0 and out is not None and "1.0.0" in out["supportedVersions"]
     (conflist,) = conf_dir.iterdir()
-    assert json.loads(conflist.read_text())["plugins"][0] == {"type": "kuryr",
-                                                              "network": "pods"}
+    # Standalone mode: the runtime may pass static addresses (runtimeConfig ips and mac).
+    assert json.loads(conflist.read_text())["plugins"][0] == {
+        "type": "kuryr", "network": "pods", "capabilities": {"ips": True, "mac": True}}
 
 
 def test_the_image_holds_no_compiler_and_is_small(image: str) -> None:
